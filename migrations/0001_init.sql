@@ -1,0 +1,169 @@
+-- The whole sale lives here: each rule of the mission is a constraint or a statement in this file.
+
+create table sales (
+  id             bigint generated always as identity primary key,
+  -- One sale per boundary: concurrent creators meet on this unique key.
+  starts_at      timestamptz not null unique,
+  size           integer not null check (size > 0),
+  per_user_limit integer not null check (per_user_limit > 0),
+  created_at     timestamptz not null default now()
+);
+
+create table items (
+  id            bigint generated always as identity primary key,
+  sale_id       bigint not null references sales (id),
+  -- Drives the generated name and image; random per item, fixed for its life.
+  seed          integer not null,
+  buyer_id      text,
+  purchase_code text unique,
+  sold_at       timestamptz,
+  -- Sold means all three are set, unsold means none is.
+  check ((buyer_id is null) = (purchase_code is null) and (buyer_id is null) = (sold_at is null))
+);
+create index items_sale_id_idx on items (sale_id, id);
+-- The available items of a sale, in id order: keyset pagination and sold counts stay cheap.
+create index items_available_idx on items (sale_id, id) where buyer_id is null;
+create index items_buyer_idx on items (buyer_id, sale_id) where buyer_id is not null;
+
+-- Per (sale, user): the row that the per-user limit locks and counts. One row per buyer, never a hot row.
+create table sale_buyers (
+  sale_id bigint not null references sales (id),
+  user_id text not null,
+  bought  integer not null check (bought > 0),
+  primary key (sale_id, user_id)
+);
+
+-- Every checkout request, whatever its outcome. An issued code is the row of its checkout.
+create table checkout_attempts (
+  id         bigint generated always as identity primary key,
+  created_at timestamptz not null default now(),
+  outcome    text not null check (outcome in ('issued', 'item_sold', 'item_unknown', 'bad_request')),
+  user_id    text,
+  item_id    bigint,
+  sale_id    bigint references sales (id),
+  code       text unique,
+  expires_at timestamptz,
+  -- The raw query of a refused request, cut short: what the client sent, for the record.
+  detail     text,
+  check ((outcome = 'issued') = (code is not null) and (code is null) = (expires_at is null))
+);
+
+-- The start of the sale interval that holds `at`, counted from the Unix epoch in UTC.
+create function sale_boundary(at timestamptz, interval_seconds integer) returns timestamptz
+language sql immutable parallel safe
+return to_timestamp(floor(extract(epoch from at) / interval_seconds) * interval_seconds);
+
+-- Creates the sale of the current boundary (by this database's clock) with all its items, once:
+-- any number of callers may race, the unique starts_at lets exactly one insert.
+-- Returns the boundary's sale id, and when the next boundary comes.
+create function ensure_current_sale(interval_seconds integer, sale_size integer, per_user_limit integer)
+returns table (sale_id bigint, created boolean, next_starts_at timestamptz, seconds_to_next double precision)
+language plpgsql as $$
+declare
+  boundary timestamptz := sale_boundary(now(), interval_seconds);
+  new_id bigint;
+begin
+  select s.id into sale_id from sales s where s.starts_at = boundary;
+  created := false;
+  if sale_id is null then
+    insert into sales (starts_at, size, per_user_limit)
+    values (boundary, sale_size, ensure_current_sale.per_user_limit)
+    on conflict (starts_at) do nothing
+    returning id into new_id;
+    if new_id is not null then
+      insert into items (sale_id, seed)
+      select new_id, floor(random() * 2147483647)::integer from generate_series(1, sale_size);
+      sale_id := new_id;
+      created := true;
+    else
+      select s.id into sale_id from sales s where s.starts_at = boundary;
+    end if;
+  end if;
+  next_starts_at := boundary + make_interval(secs => interval_seconds);
+  seconds_to_next := extract(epoch from next_starts_at - clock_timestamp());
+  return next;
+end;
+$$;
+
+-- Records one checkout attempt and decides it, in one statement: the item must exist and be unsold.
+-- A code never holds the item: the first valid purchase wins.
+create function checkout(p_user_id text, p_item_id bigint, p_code text, p_ttl_seconds integer)
+returns table (outcome text, sale_id bigint, code text, expires_at timestamptz)
+language sql as $$
+  insert into checkout_attempts (outcome, user_id, item_id, sale_id, code, expires_at)
+  select o.outcome, p_user_id, p_item_id, i.sale_id,
+         case when o.outcome = 'issued' then p_code end,
+         case when o.outcome = 'issued' then now() + make_interval(secs => p_ttl_seconds) end
+  from (select 1) as one
+  left join items i on i.id = p_item_id
+  cross join lateral (
+    select case when i.id is null then 'item_unknown'
+                when i.buyer_id is not null then 'item_sold'
+                else 'issued' end as outcome
+  ) as o
+  returning outcome, sale_id, code, expires_at
+$$;
+
+-- Sells the code's item to the code's user, or says why not. Locks in one order (item, then the
+-- user's row of the sale), so concurrent purchases cannot deadlock. A refusal changes nothing.
+-- On limit_reached it also returns the codes that bought the user's items of that sale.
+-- Outcomes: purchased, replayed (this code already bought it), code_unknown, code_expired,
+-- item_sold (to another code), limit_reached.
+create function purchase(p_code text)
+returns table (outcome text, item_id bigint, sale_id bigint, user_id text, purchased_at timestamptz,
+               bought integer, per_user_limit integer, bought_codes text[])
+language plpgsql as $$
+declare
+  attempt record;
+  sold_by text;
+begin
+  select c.user_id, c.item_id, c.sale_id, c.expires_at, s.per_user_limit into attempt
+  from checkout_attempts c join sales s on s.id = c.sale_id
+  where c.code = p_code;
+  if not found then
+    return query select 'code_unknown', null::bigint, null::bigint, null::text, null::timestamptz, null::integer, null::integer, null::text[];
+    return;
+  end if;
+  item_id := attempt.item_id; sale_id := attempt.sale_id; user_id := attempt.user_id;
+  per_user_limit := attempt.per_user_limit;
+
+  -- Conditional update: under READ COMMITTED a concurrent buyer's commit makes this re-check and miss.
+  if attempt.expires_at > now() then
+    update items i set buyer_id = attempt.user_id, purchase_code = p_code, sold_at = now()
+    where i.id = attempt.item_id and i.buyer_id is null
+    returning i.sold_at into purchased_at;
+  end if;
+
+  if purchased_at is null then
+    select i.purchase_code, i.sold_at into sold_by, purchased_at from items i where i.id = attempt.item_id;
+    if sold_by = p_code then
+      outcome := 'replayed';
+    else
+      outcome := case when attempt.expires_at > now() then 'item_sold' else 'code_expired' end;
+      purchased_at := null;
+    end if;
+    return next;
+    return;
+  end if;
+
+  -- The user's row of this sale counts the items bought; the conditional upsert locks it.
+  insert into sale_buyers as b (sale_id, user_id, bought)
+  values (attempt.sale_id, attempt.user_id, 1)
+  on conflict on constraint sale_buyers_pkey do update set bought = b.bought + 1
+  where b.bought < attempt.per_user_limit
+  returning b.bought into bought;
+
+  if bought is null then
+    -- Over the limit: give the item back, inside the same transaction, so nothing changed.
+    update items i set buyer_id = null, purchase_code = null, sold_at = null where i.id = attempt.item_id;
+    outcome := 'limit_reached';
+    purchased_at := null;
+    -- The codes that filled the limit can never change: a cache may answer for every other code.
+    select array_agg(i.purchase_code order by i.id) into bought_codes
+    from items i where i.buyer_id = attempt.user_id and i.sale_id = attempt.sale_id;
+  else
+    outcome := 'purchased';
+  end if;
+  return next;
+end;
+$$;

@@ -1,0 +1,81 @@
+// Builds the Fastify application with every route and the one error boundary. Never listens.
+import Fastify, { LogController, type FastifyError, type FastifyRequest } from 'fastify';
+import type { Config } from './config.ts';
+import { AppError, errorStatus, type ErrorCode } from './errors.ts';
+import { registerRoutes, type Deps } from './routes.ts';
+import { recordBadCheckout } from './store.ts';
+
+// postgres.js and PostgreSQL codes that mean "the database is out of reach", not "the query is wrong".
+const unavailableCodes = new Set([
+  'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN',
+  'CONNECT_TIMEOUT', 'CONNECTION_CLOSED', 'CONNECTION_ENDED', 'CONNECTION_DESTROYED',
+  '53300', '57P01', '57P02', '57P03',
+]);
+
+function isDatabaseUnavailable(error: { code?: unknown }): boolean {
+  const code = typeof error.code === 'string' ? error.code : '';
+  return unavailableCodes.has(code) || code.startsWith('08');
+}
+
+type Reply = { status: number; error: ErrorCode | string; message: string };
+
+function toReply(error: FastifyError | AppError | Error): Reply {
+  if (error instanceof AppError) return { status: errorStatus[error.code], error: error.code, message: error.message };
+  if ('validation' in error && error.validation) {
+    return { status: 400, error: 'bad_request', message: error.message };
+  }
+  if (isDatabaseUnavailable(error as { code?: unknown })) {
+    return { status: 503, error: 'database_unavailable', message: 'The database is unavailable; try again shortly' };
+  }
+  const status = (error as FastifyError).statusCode;
+  if (status !== undefined && status >= 400 && status < 500) {
+    return { status, error: status === 404 ? 'not_found' : 'bad_request', message: error.message };
+  }
+  return { status: 500, error: 'internal', message: 'Something went wrong on our side' };
+}
+
+// What the client sent, for the record of a refused checkout: NUL bytes are not text to PostgreSQL.
+function rawCheckout(request: FastifyRequest) {
+  const query = request.query as Record<string, unknown> | undefined;
+  const userId = typeof query?.user_id === 'string' ? query.user_id.replaceAll('\0', '').slice(0, 200) : null;
+  const id = typeof query?.id === 'string' && /^[1-9][0-9]{0,14}$/.test(query.id) ? Number(query.id) : null;
+  return { userId, itemId: id, detail: request.url.slice(0, 1000) };
+}
+
+export function buildApp(config: Config, deps: Omit<Deps, 'rules' | 'codeTtlSeconds' | 'healthTimeoutMs'>) {
+  const app = Fastify({
+    logger: { level: config.logLevel },
+    // A line per request costs a visible share of throughput: off unless LOG_REQUESTS asks for it.
+    logController: new LogController({ disableRequestLogging: !config.logRequests }),
+    bodyLimit: 1024,
+    requestTimeout: 10_000,
+    connectionTimeout: 10_000,
+    return503OnClosing: true,
+  });
+
+  app.setErrorHandler(async (error: FastifyError, request, reply) => {
+    let response = toReply(error);
+    // A checkout refused before its handler ran (bad parameters) is still an attempt to record.
+    if (request.routeOptions.url === '/checkout' && response.status < 500 && !(error instanceof AppError)) {
+      try {
+        await recordBadCheckout(deps.sql, rawCheckout(request));
+      } catch (recordError) {
+        response = toReply(recordError as Error);
+      }
+    }
+    if (response.status >= 500) request.log.error({ err: error }, 'request failed');
+    return reply.code(response.status).send({ error: response.error, message: response.message });
+  });
+
+  app.setNotFoundHandler((request, reply) => {
+    reply.code(404).send({ error: 'not_found', message: `No route ${request.method} ${request.url.split('?')[0]}` });
+  });
+
+  registerRoutes(app, {
+    ...deps,
+    rules: { saleIntervalSeconds: config.saleIntervalSeconds, saleSize: config.saleSize, perUserLimit: config.perUserLimit },
+    codeTtlSeconds: config.codeTtlSeconds,
+    healthTimeoutMs: config.healthTimeoutMs,
+  });
+  return app;
+}

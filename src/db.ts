@@ -1,0 +1,63 @@
+// The one place that creates postgres.js instances, creates the database and applies migrations.
+import { readdir } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+import postgres from 'postgres';
+
+export type Sql = postgres.Sql;
+
+const migrationsDir = fileURLToPath(new URL('../migrations/', import.meta.url));
+// Any fixed number: every instance takes the same lock, so only one migrates at a time.
+const migrationLockKey = 7_201_042_917;
+
+export function connect(databaseUrl: string, options: { max?: number } = {}): Sql {
+  return postgres(databaseUrl, {
+    max: options.max ?? 10,
+    connect_timeout: 5,
+    idle_timeout: 60,
+    onnotice: () => {},
+    connection: { application_name: 'flash-sale' },
+    // bigint and count(*) arrive as numbers: ids and counts stay far below 2^53.
+    types: {
+      bigint: { to: 20, from: [20], serialize: (value: number) => String(value), parse: (value: string) => Number(value) },
+    },
+  });
+}
+
+// Creates the database named in the URL when it is missing (a fresh machine's `npm start`).
+export async function ensureDatabase(databaseUrl: string): Promise<void> {
+  const url = new URL(databaseUrl);
+  const name = decodeURIComponent(url.pathname.slice(1));
+  url.pathname = '/postgres';
+  const admin = postgres(url.toString(), { max: 1, onnotice: () => {}, connect_timeout: 5 });
+  try {
+    const [found] = await admin`select 1 as one from pg_database where datname = ${name}`;
+    if (found) return;
+    await admin`create database ${admin(name)}`.catch((error: { code?: string }) => {
+      if (error.code !== '42P04') throw error; // another instance created it first
+    });
+  } finally {
+    await admin.end({ timeout: 5 });
+  }
+}
+
+// Applies migrations/NNNN_*.sql in order, each once, all in one transaction under an advisory lock
+// so that instances starting together neither race nor see a half-migrated schema.
+export async function migrate(sql: Sql): Promise<string[]> {
+  const files = (await readdir(migrationsDir)).filter((name) => /^\d{4}_[\w-]+\.sql$/.test(name)).sort();
+  return sql.begin(async (tx) => {
+    await tx`select pg_advisory_xact_lock(${migrationLockKey})`;
+    await tx`
+      create table if not exists schema_migrations (
+        version    text primary key,
+        applied_at timestamptz not null default now()
+      )`;
+    const done = new Set((await tx`select version from schema_migrations`).map((row) => row.version as string));
+    const applied: string[] = [];
+    for (const file of files.filter((name) => !done.has(name))) {
+      await tx.file(migrationsDir + file);
+      await tx`insert into schema_migrations (version) values (${file})`;
+      applied.push(file);
+    }
+    return applied;
+  });
+}

@@ -1,0 +1,32 @@
+// Every expected failure has a stable code; this table alone maps codes to HTTP statuses.
+
+export const errorStatus = {
+  bad_request: 400,
+  not_found: 404,
+  item_unknown: 404,
+  item_sold: 409,
+  code_unknown: 404,
+  code_expired: 410,
+  // 429 keeps the reference service's clients working; the `error` field tells it from rate limiting.
+  limit_reached: 429,
+  database_unavailable: 503,
+  internal: 500,
+} as const;
+
+export type ErrorCode = keyof typeof errorStatus;
+
+export class AppError extends Error {
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string) {
+    super(message);
+    this.code = code;
+  }
+}
+
+export const messages = {
+  itemUnknown: (itemId: number) => `Item ${itemId} does not exist`,
+  itemSold: (itemId: number) => `Item ${itemId} is already sold`,
+  codeUnknown: () => 'This checkout code is not valid',
+  codeExpired: () => 'This checkout code has expired; check out the item again',
+  limitReached: (limit: number) => `User has reached the maximum of ${limit} items per sale`,
+};

@@ -1,0 +1,136 @@
+// Thin handlers: read the validated request, call the shop or the store, shape the reply.
+import type { FastifyInstance } from 'fastify';
+import type { Cache } from './cache.ts';
+import type { Sql } from './db.ts';
+import { AppError } from './errors.ts';
+import { itemImage, itemName } from './sale.ts';
+import * as schemas from './schemas.ts';
+import * as shop from './shop.ts';
+import * as store from './store.ts';
+
+export type Deps = { sql: Sql; cache: Cache; rules: store.SaleRules; codeTtlSeconds: number; healthTimeoutMs: number };
+
+type IdParams = { Params: { id: string } };
+
+function withTimeout(work: Promise<unknown>, ms: number): Promise<'ok' | 'error'> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<'error'>((resolve) => {
+    timer = setTimeout(() => resolve('error'), ms);
+  });
+  return Promise.race([work.then(() => 'ok' as const, () => 'error' as const), timeout]).finally(() => clearTimeout(timer));
+}
+
+const itemView = (row: { id: number; saleId: number; seed: number; sold: boolean }) => ({
+  id: row.id,
+  sale_id: row.saleId,
+  name: itemName(row.seed),
+  image_url: `/items/${row.id}/image`,
+  sold: row.sold,
+});
+
+const saleView = (sale: store.SaleSummary) => ({
+  id: sale.id,
+  starts_at: sale.startsAt.toISOString(),
+  items: sale.size,
+  sold: sale.sold,
+  per_user_limit: sale.perUserLimit,
+  open: sale.sold < sale.size,
+});
+
+export function registerRoutes(app: FastifyInstance, deps: Deps): void {
+  const shopDeps = { sql: deps.sql, cache: deps.cache, codeTtlSeconds: deps.codeTtlSeconds };
+
+  app.post<{ Querystring: { user_id: string; id: string } }>('/checkout', { schema: schemas.checkoutSchema }, async (request) => {
+    const issued = await shop.checkout(shopDeps, request.query.user_id, Number(request.query.id));
+    return {
+      code: issued.code,
+      user_id: issued.userId,
+      item_id: issued.itemId,
+      sale_id: issued.saleId,
+      expires_at: issued.expiresAt.toISOString(),
+    };
+  });
+
+  app.post<{ Querystring: { code: string } }>('/purchase', { schema: schemas.purchaseSchema }, async (request) => {
+    const receipt = await shop.purchase(shopDeps, request.query.code);
+    return {
+      message: 'Purchase successful',
+      code: receipt.code,
+      item_id: receipt.itemId,
+      sale_id: receipt.saleId,
+      user_id: receipt.userId,
+      purchased_at: receipt.purchasedAt,
+    };
+  });
+
+  app.get('/health', { schema: schemas.healthSchema }, async (_request, reply) => {
+    const [database, redis] = await Promise.all([
+      withTimeout(store.ping(deps.sql), deps.healthTimeoutMs),
+      withTimeout(deps.cache.ping(), deps.healthTimeoutMs),
+    ]);
+    const ok = database === 'ok' && redis === 'ok';
+    return reply.code(ok ? 200 : 503).send({ status: ok ? 'ok' : 'error', database, redis });
+  });
+
+  app.get<{ Querystring: { latest: number } }>('/sales', { schema: schemas.salesSchema }, async (request) => {
+    // Lazily creates the current sale, so a request never waits for an instance's timer.
+    const current = await store.ensureCurrentSale(deps.sql, deps.rules);
+    const sales = await store.listSales(deps.sql, request.query.latest);
+    return { sales: sales.map(saleView), next_sale_at: current.nextStartsAt.toISOString() };
+  });
+
+  app.get<IdParams>('/sales/:id', { schema: schemas.saleSchema }, async (request) => {
+    const sale = await store.getSale(deps.sql, Number(request.params.id));
+    if (!sale) throw new AppError('not_found', `Sale ${request.params.id} does not exist`);
+    return saleView(sale);
+  });
+
+  app.get<IdParams & { Querystring: { available: boolean; limit: number; after: number } }>(
+    '/sales/:id/items',
+    { schema: schemas.saleItemsSchema },
+    async (request) => {
+      const saleId = Number(request.params.id);
+      const items = await store.listItems(deps.sql, saleId, request.query);
+      if (items.length === 0 && !(await store.getSale(deps.sql, saleId))) {
+        throw new AppError('not_found', `Sale ${saleId} does not exist`);
+      }
+      const full = items.length === request.query.limit;
+      return { items: items.map(itemView), next_after: full ? items.at(-1)!.id : null };
+    },
+  );
+
+  app.get<IdParams>('/items/:id', { schema: schemas.itemSchema }, async (request) => {
+    const item = await store.getItem(deps.sql, Number(request.params.id));
+    if (!item) throw new AppError('item_unknown', `Item ${request.params.id} does not exist`);
+    return itemView(item);
+  });
+
+  app.get<IdParams>('/items/:id/image', { schema: schemas.itemImageSchema }, async (request, reply) => {
+    const item = await store.getItem(deps.sql, Number(request.params.id));
+    if (!item) throw new AppError('item_unknown', `Item ${request.params.id} does not exist`);
+    // The image is a pure function of the item's fixed seed: cache it hard.
+    return reply
+      .type('image/svg+xml')
+      .header('cache-control', 'public, max-age=31536000, immutable')
+      .send(itemImage(item.seed));
+  });
+
+  app.get<{ Params: { user_id: string }; Querystring: { sale_id?: string } }>(
+    '/users/:user_id/purchases',
+    { schema: schemas.userPurchasesSchema },
+    async (request) => {
+      const saleId = request.query.sale_id === undefined ? undefined : Number(request.query.sale_id);
+      const rows = await store.userPurchases(deps.sql, request.params.user_id, saleId);
+      return {
+        user_id: request.params.user_id,
+        purchases: rows.map((row) => ({
+          item_id: row.itemId,
+          sale_id: row.saleId,
+          name: itemName(row.seed),
+          image_url: `/items/${row.itemId}/image`,
+          purchased_at: row.purchasedAt.toISOString(),
+        })),
+      };
+    },
+  );
+}

@@ -1,0 +1,167 @@
+// Request and response schemas of every route: Fastify validates the first and compiles the second.
+
+const userId = { type: 'string', pattern: '^[A-Za-z0-9_.:@-]{1,64}$', description: 'Letters, digits and _ . : @ -, up to 64' } as const;
+// Ids are strings of digits in the query, converted by the handler: no "1e3", " 7" or "0x10" slips through.
+const id = { type: 'string', pattern: '^[1-9][0-9]{0,14}$', description: 'A positive whole number' } as const;
+const timestamp = { type: 'string', format: 'date-time' } as const;
+
+const error = {
+  type: 'object',
+  required: ['error', 'message'],
+  properties: { error: { type: 'string' }, message: { type: 'string' } },
+} as const;
+
+const errors = { '4xx': error, '5xx': error } as const;
+
+const item = {
+  type: 'object',
+  required: ['id', 'sale_id', 'name', 'image_url', 'sold'],
+  properties: {
+    id: { type: 'integer' },
+    sale_id: { type: 'integer' },
+    name: { type: 'string' },
+    image_url: { type: 'string' },
+    sold: { type: 'boolean' },
+  },
+} as const;
+
+const sale = {
+  type: 'object',
+  required: ['id', 'starts_at', 'items', 'sold', 'per_user_limit', 'open'],
+  properties: {
+    id: { type: 'integer' },
+    starts_at: timestamp,
+    items: { type: 'integer' },
+    sold: { type: 'integer' },
+    per_user_limit: { type: 'integer' },
+    open: { type: 'boolean' },
+  },
+} as const;
+
+const receipt = {
+  type: 'object',
+  required: ['message', 'code', 'item_id', 'sale_id', 'user_id', 'purchased_at'],
+  properties: {
+    message: { type: 'string' },
+    code: { type: 'string' },
+    item_id: { type: 'integer' },
+    sale_id: { type: 'integer' },
+    user_id: { type: 'string' },
+    purchased_at: timestamp,
+  },
+} as const;
+
+export const checkoutSchema = {
+  querystring: { type: 'object', required: ['user_id', 'id'], properties: { user_id: userId, id } },
+  response: {
+    200: {
+      type: 'object',
+      required: ['code', 'user_id', 'item_id', 'sale_id', 'expires_at'],
+      properties: {
+        code: { type: 'string' },
+        user_id: { type: 'string' },
+        item_id: { type: 'integer' },
+        sale_id: { type: 'integer' },
+        expires_at: timestamp,
+      },
+    },
+    ...errors,
+  },
+} as const;
+
+export const purchaseSchema = {
+  querystring: {
+    type: 'object',
+    required: ['code'],
+    properties: { code: { type: 'string', pattern: '^[A-Za-z0-9_-]{22}$', description: 'The code from checkout' } },
+  },
+  response: { 200: receipt, ...errors },
+} as const;
+
+const dependency = { type: 'string', enum: ['ok', 'error'] } as const;
+const health = {
+  type: 'object',
+  required: ['status', 'database', 'redis'],
+  properties: { status: dependency, database: dependency, redis: dependency },
+} as const;
+
+export const healthSchema = { response: { 200: health, 503: health } } as const;
+
+export const salesSchema = {
+  querystring: {
+    type: 'object',
+    properties: { latest: { type: 'integer', minimum: 1, maximum: 100, default: 5, description: 'Recent sales to list besides the open ones' } },
+  },
+  response: {
+    200: {
+      type: 'object',
+      required: ['sales', 'next_sale_at'],
+      properties: { sales: { type: 'array', items: sale }, next_sale_at: timestamp },
+    },
+    ...errors,
+  },
+} as const;
+
+export const saleSchema = {
+  params: { type: 'object', required: ['id'], properties: { id } },
+  response: { 200: sale, ...errors },
+} as const;
+
+export const saleItemsSchema = {
+  params: { type: 'object', required: ['id'], properties: { id } },
+  querystring: {
+    type: 'object',
+    properties: {
+      available: { type: 'boolean', default: false, description: 'Only items not yet sold' },
+      limit: { type: 'integer', minimum: 1, maximum: 500, default: 100 },
+      after: { type: 'integer', minimum: 0, maximum: Number.MAX_SAFE_INTEGER, default: 0, description: 'The last item id of the previous page' },
+    },
+  },
+  response: {
+    200: {
+      type: 'object',
+      required: ['items', 'next_after'],
+      properties: { items: { type: 'array', items: item }, next_after: { type: ['integer', 'null'] } },
+    },
+    ...errors,
+  },
+} as const;
+
+export const itemSchema = {
+  params: { type: 'object', required: ['id'], properties: { id } },
+  response: { 200: item, ...errors },
+} as const;
+
+export const itemImageSchema = {
+  params: { type: 'object', required: ['id'], properties: { id } },
+  response: { ...errors },
+} as const;
+
+export const userPurchasesSchema = {
+  params: { type: 'object', required: ['user_id'], properties: { user_id: userId } },
+  querystring: { type: 'object', properties: { sale_id: id } },
+  response: {
+    200: {
+      type: 'object',
+      required: ['user_id', 'purchases'],
+      properties: {
+        user_id: { type: 'string' },
+        purchases: {
+          type: 'array',
+          items: {
+            type: 'object',
+            required: ['item_id', 'sale_id', 'name', 'image_url', 'purchased_at'],
+            properties: {
+              item_id: { type: 'integer' },
+              sale_id: { type: 'integer' },
+              name: { type: 'string' },
+              image_url: { type: 'string' },
+              purchased_at: timestamp,
+            },
+          },
+        },
+      },
+    },
+    ...errors,
+  },
+} as const;

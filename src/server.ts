@@ -1,0 +1,72 @@
+// The entry point: config → database → migrations → app → listen, and an orderly drain on SIGTERM.
+import { buildApp } from './app.ts';
+import { createCache } from './cache.ts';
+import { ConfigError, loadConfig, type Config } from './config.ts';
+import { connect, ensureDatabase, migrate } from './db.ts';
+import { startScheduler } from './scheduler.ts';
+
+// PostgreSQL may still be starting (compose, a reboot): try for a bounded while, then give up loudly.
+async function withRetries<T>(work: () => Promise<T>, attempts: number, onRetry: (error: unknown) => void): Promise<T> {
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      return await work();
+    } catch (error) {
+      if (attempt >= attempts) throw error;
+      onRetry(error);
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+    }
+  }
+}
+
+async function main(config: Config): Promise<void> {
+  const sql = connect(config.databaseUrl, { max: config.databasePoolMax });
+  const cache = createCache({
+    url: config.redisUrl,
+    keyPrefix: config.redisKeyPrefix,
+    timeoutMs: config.redisTimeoutMs,
+    onError: (error) => app.log.warn({ err: error }, 'redis error; serving without cache'),
+  });
+  const app = buildApp(config, { sql, cache });
+
+  await withRetries(
+    async () => {
+      await ensureDatabase(config.databaseUrl);
+      const applied = await migrate(sql);
+      if (applied.length > 0) app.log.info({ applied }, 'migrations applied');
+    },
+    30,
+    (error) => app.log.warn({ err: error }, 'database not ready; retrying'),
+  );
+  cache.start();
+  const scheduler = startScheduler(sql, config, app.log);
+  await app.listen({ port: config.port, host: config.host });
+
+  let closing = false;
+  const shutdown = async (signal: string) => {
+    if (closing) return;
+    closing = true;
+    app.log.info({ signal }, 'draining');
+    setTimeout(() => {
+      app.log.error('grace period over; exiting with requests still open');
+      process.exit(1);
+    }, config.shutdownGraceMs).unref();
+    scheduler.stop();
+    await app.close(); // stops accepting, waits for in-flight requests
+    await cache.close();
+    await sql.end({ timeout: 5 });
+    app.log.info('stopped');
+  };
+  process.on('SIGTERM', () => void shutdown('SIGTERM'));
+  process.on('SIGINT', () => void shutdown('SIGINT'));
+}
+
+try {
+  await main(loadConfig());
+} catch (error) {
+  if (error instanceof ConfigError) {
+    console.error(`configuration error: ${error.message}`);
+  } else {
+    console.error('failed to start:', error);
+  }
+  process.exit(1);
+}

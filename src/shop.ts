@@ -1,0 +1,55 @@
+// Checkout and purchase: PostgreSQL decides each in one statement; Redis only answers what can no
+// longer change (a sold item, a user at the limit, a replayed receipt) and is never asked to decide.
+import { randomBytes } from 'node:crypto';
+import type { Cache, Receipt } from './cache.ts';
+import type { Sql } from './db.ts';
+import { AppError, messages } from './errors.ts';
+import * as store from './store.ts';
+
+export type Shop = { sql: Sql; cache: Cache; codeTtlSeconds: number };
+
+// 128 bits from the operating system's CSPRNG, base64url: 22 characters, as the reference's clients expect.
+export function newCode(): string {
+  return randomBytes(16).toString('base64url');
+}
+
+export async function checkout(shop: Shop, userId: string, itemId: number) {
+  const result = await store.checkout(shop.sql, userId, itemId, newCode(), shop.codeTtlSeconds);
+  if (result.outcome === 'item_unknown') throw new AppError('item_unknown', messages.itemUnknown(itemId));
+  if (result.outcome === 'item_sold') throw new AppError('item_sold', messages.itemSold(itemId));
+  const issued = { code: result.code!, userId, itemId, saleId: result.saleId!, expiresAt: result.expiresAt! };
+  shop.cache.rememberCode(issued.code, issued, shop.codeTtlSeconds);
+  return issued;
+}
+
+export async function purchase(shop: Shop, code: string): Promise<Receipt> {
+  const shortcut = await shop.cache.purchaseShortcut(code);
+  if (shortcut?.outcome === 'replayed') return shortcut.receipt;
+  if (shortcut?.outcome === 'item_sold') throw new AppError('item_sold', messages.itemSold(shortcut.itemId));
+  if (shortcut?.outcome === 'limit_reached') throw new AppError('limit_reached', messages.limitReached(shortcut.perUserLimit));
+
+  const result = await store.purchase(shop.sql, code);
+  switch (result.outcome) {
+    case 'code_unknown':
+      throw new AppError('code_unknown', messages.codeUnknown());
+    case 'code_expired':
+      throw new AppError('code_expired', messages.codeExpired());
+    case 'item_sold':
+      throw new AppError('item_sold', messages.itemSold(result.itemId!));
+    case 'limit_reached':
+      shop.cache.rememberLimit(result.saleId!, result.userId!, result.perUserLimit!, result.boughtCodes ?? []);
+      throw new AppError('limit_reached', messages.limitReached(result.perUserLimit!));
+    case 'purchased':
+    case 'replayed': {
+      const receipt = {
+        code,
+        itemId: result.itemId!,
+        saleId: result.saleId!,
+        userId: result.userId!,
+        purchasedAt: result.purchasedAt!.toISOString(),
+      };
+      shop.cache.rememberSold(receipt);
+      return receipt;
+    }
+  }
+}

@@ -1,0 +1,108 @@
+// Every SQL statement of the service. The rules themselves live in migrations/ as SQL functions.
+import type { Sql } from './db.ts';
+
+export type SaleRules = { saleIntervalSeconds: number; saleSize: number; perUserLimit: number };
+
+export async function ensureCurrentSale(sql: Sql, rules: SaleRules) {
+  const [row] = await sql<{ saleId: number; created: boolean; nextStartsAt: Date; secondsToNext: number }[]>`
+    select sale_id as "saleId", created, next_starts_at as "nextStartsAt", seconds_to_next as "secondsToNext"
+    from ensure_current_sale(${rules.saleIntervalSeconds}, ${rules.saleSize}, ${rules.perUserLimit})`;
+  return row!;
+}
+
+export type CheckoutOutcome = 'issued' | 'item_sold' | 'item_unknown';
+
+export async function checkout(sql: Sql, userId: string, itemId: number, code: string, ttlSeconds: number) {
+  const [row] = await sql<{ outcome: CheckoutOutcome; saleId: number | null; code: string | null; expiresAt: Date | null }[]>`
+    select outcome, sale_id as "saleId", code, expires_at as "expiresAt"
+    from checkout(${userId}, ${itemId}, ${code}, ${ttlSeconds})`;
+  return row!;
+}
+
+// A refused request is still an attempt: keep what the client sent, cut to a readable length.
+export async function recordBadCheckout(sql: Sql, attempt: { userId: string | null; itemId: number | null; detail: string }) {
+  await sql`
+    insert into checkout_attempts (outcome, user_id, item_id, detail)
+    values ('bad_request', ${attempt.userId}, ${attempt.itemId}, ${attempt.detail})`;
+}
+
+export type PurchaseOutcome = 'purchased' | 'replayed' | 'code_unknown' | 'code_expired' | 'item_sold' | 'limit_reached';
+
+export type PurchaseResult = {
+  outcome: PurchaseOutcome;
+  itemId: number | null;
+  saleId: number | null;
+  userId: string | null;
+  purchasedAt: Date | null;
+  bought: number | null;
+  perUserLimit: number | null;
+  boughtCodes: string[] | null;
+};
+
+export async function purchase(sql: Sql, code: string): Promise<PurchaseResult> {
+  const [row] = await sql<PurchaseResult[]>`
+    select outcome, item_id as "itemId", sale_id as "saleId", user_id as "userId",
+           purchased_at as "purchasedAt", bought, per_user_limit as "perUserLimit",
+           bought_codes as "boughtCodes"
+    from purchase(${code})`;
+  return row!;
+}
+
+export type SaleSummary = { id: number; startsAt: Date; size: number; perUserLimit: number; sold: number };
+
+// Open sales (any item left) and the latest ones, newest first. Sold is derived, never stored.
+export async function listSales(sql: Sql, latest: number): Promise<SaleSummary[]> {
+  return sql<SaleSummary[]>`
+    select s.id, s.starts_at as "startsAt", s.size, s.per_user_limit as "perUserLimit",
+           s.size - available.count as sold
+    from sales s
+    cross join lateral (
+      select count(*) as count from items i where i.sale_id = s.id and i.buyer_id is null
+    ) as available
+    where available.count > 0
+       or s.id in (select id from sales order by starts_at desc limit ${latest})
+    order by s.starts_at desc
+    limit 100`;
+}
+
+export async function getSale(sql: Sql, saleId: number): Promise<SaleSummary | undefined> {
+  const [row] = await sql<SaleSummary[]>`
+    select s.id, s.starts_at as "startsAt", s.size, s.per_user_limit as "perUserLimit",
+           s.size - (select count(*) from items i where i.sale_id = s.id and i.buyer_id is null) as sold
+    from sales s where s.id = ${saleId}`;
+  return row;
+}
+
+export type ItemRow = { id: number; saleId: number; seed: number; sold: boolean };
+
+export async function listItems(sql: Sql, saleId: number, page: { available: boolean; limit: number; after: number }) {
+  return sql<ItemRow[]>`
+    select i.id, i.sale_id as "saleId", i.seed, i.buyer_id is not null as sold
+    from items i
+    where i.sale_id = ${saleId} and i.id > ${page.after}
+      ${page.available ? sql`and i.buyer_id is null` : sql``}
+    order by i.id
+    limit ${page.limit}`;
+}
+
+export async function getItem(sql: Sql, itemId: number): Promise<ItemRow | undefined> {
+  const [row] = await sql<ItemRow[]>`
+    select i.id, i.sale_id as "saleId", i.seed, i.buyer_id is not null as sold
+    from items i where i.id = ${itemId}`;
+  return row;
+}
+
+export type PurchaseRow = { itemId: number; saleId: number; seed: number; purchasedAt: Date };
+
+export async function userPurchases(sql: Sql, userId: string, saleId: number | undefined) {
+  return sql<PurchaseRow[]>`
+    select i.id as "itemId", i.sale_id as "saleId", i.seed, i.sold_at as "purchasedAt"
+    from items i
+    where i.buyer_id = ${userId} ${saleId === undefined ? sql`` : sql`and i.sale_id = ${saleId}`}
+    order by i.sold_at desc, i.id desc
+    limit 1000`;
+}
+
+export async function ping(sql: Sql): Promise<void> {
+  await sql`select 1`;
+}

@@ -1,0 +1,142 @@
+// Test fixtures: a fresh database per test file, a Redis key prefix of its own, the real app, and real
+// service processes. Nothing here assumes a clean server: everything made is named uniquely and dropped.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { createServer } from 'node:net';
+import { fileURLToPath } from 'node:url';
+import postgres from 'postgres';
+import { createClient } from 'redis';
+import { buildApp } from '../src/app.ts';
+import { createCache } from '../src/cache.ts';
+import { loadConfig, type Config } from '../src/config.ts';
+import { connect, migrate, type Sql } from '../src/db.ts';
+
+export const adminUrl = process.env.TEST_DATABASE_ADMIN_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
+export const redisUrl = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
+const serverPath = fileURLToPath(new URL('../src/server.ts', import.meta.url));
+
+export type TestDatabase = { url: string; name: string; sql: Sql; drop: () => Promise<void> };
+
+// A database of its own, migrated, dropped afterwards (with force: stray connections must not block it).
+export async function createDatabase(): Promise<TestDatabase> {
+  const name = `flash_test_${process.pid}_${randomBytes(4).toString('hex')}`;
+  const admin = postgres(adminUrl, { max: 1, onnotice: () => {} });
+  await admin`create database ${admin(name)}`;
+  const url = new URL(adminUrl);
+  url.pathname = `/${name}`;
+  const sql = connect(url.toString(), { max: 4 });
+  await migrate(sql);
+  return {
+    url: url.toString(),
+    name,
+    sql,
+    async drop() {
+      await sql.end({ timeout: 5 });
+      await admin`drop database if exists ${admin(name)} with (force)`;
+      await admin.end({ timeout: 5 });
+    },
+  };
+}
+
+export function uniquePrefix(): string {
+  return `flash-test:${process.pid}:${randomBytes(4).toString('hex')}:`;
+}
+
+// The environment an instance of the service gets in tests; every value can be overridden.
+export function testEnv(database: TestDatabase, prefix: string, overrides: Record<string, string> = {}) {
+  return {
+    DATABASE_URL: database.url,
+    REDIS_URL: redisUrl,
+    REDIS_KEY_PREFIX: prefix,
+    LOG_LEVEL: 'warn',
+    HOST: '127.0.0.1',
+    ...overrides,
+  };
+}
+
+export type TestApp = { app: ReturnType<typeof buildApp>; config: Config; close: () => Promise<void> };
+
+// The same buildApp that server.ts uses, with the config read from the same variables.
+export async function startApp(database: TestDatabase, prefix: string, overrides: Record<string, string> = {}): Promise<TestApp> {
+  const config = loadConfig(testEnv(database, prefix, { LOG_LEVEL: 'silent', ...overrides }));
+  const sql = connect(config.databaseUrl, { max: config.databasePoolMax });
+  const cache = createCache({ url: config.redisUrl, keyPrefix: config.redisKeyPrefix, timeoutMs: config.redisTimeoutMs, onError: () => {} });
+  cache.start();
+  const app = buildApp(config, { sql, cache });
+  await app.ready();
+  return {
+    app,
+    config,
+    async close() {
+      await app.close();
+      await cache.close();
+      await sql.end({ timeout: 5 });
+    },
+  };
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => resolve(typeof address === 'object' && address ? address.port : 0));
+    });
+  });
+}
+
+export type Instance = { url: string; port: number; child: ChildProcess; output: () => string; stop: (signal?: NodeJS.Signals) => Promise<number | null> };
+
+// A real service process (node src/server.ts), ready once it answers /health or /sales.
+export async function startInstance(env: Record<string, string>, readyTimeoutMs = 30_000): Promise<Instance> {
+  const port = await freePort();
+  const child = spawn(process.execPath, [serverPath], {
+    env: { ...process.env, ...env, PORT: String(port) },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  child.stdout!.on('data', (chunk) => (output += chunk));
+  child.stderr!.on('data', (chunk) => (output += chunk));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const url = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + readyTimeoutMs;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`instance exited early:\n${output}`);
+    const ready = await fetch(`${url}/sales`).then((response) => response.ok, () => false);
+    if (ready) break;
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new Error(`instance not ready in ${readyTimeoutMs} ms:\n${output}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  return {
+    url,
+    port,
+    child,
+    output: () => output,
+    async stop(signal: NodeJS.Signals = 'SIGTERM') {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      return exited;
+    },
+  };
+}
+
+export async function dropRedisPrefix(prefix: string, url = redisUrl): Promise<void> {
+  const client = createClient({ url });
+  await client.connect();
+  try {
+    for await (const keys of client.scanIterator({ MATCH: `${prefix}*`, COUNT: 500 })) {
+      if (keys.length > 0) await client.del(keys);
+    }
+  } finally {
+    client.destroy();
+  }
+}
+
+// The current sale's id, created if it is missing, through the same SQL function the service uses.
+export async function currentSaleId(sql: Sql, size = 10_000, limit = 10, intervalSeconds = 3600): Promise<number> {
+  const [row] = await sql<{ saleId: number }[]>`select sale_id as "saleId" from ensure_current_sale(${intervalSeconds}, ${size}, ${limit})`;
+  return row!.saleId;
+}
