@@ -1,4 +1,6 @@
 // Builds the Fastify application with every route and the one error boundary. Never listens.
+import { fileURLToPath } from 'node:url';
+import fastifyStatic from '@fastify/static';
 import Fastify, { LogController, type FastifyError, type FastifyRequest } from 'fastify';
 import type { Config } from './config.ts';
 import { AppError, errorStatus, type ErrorCode } from './errors.ts';
@@ -42,6 +44,8 @@ function rawCheckout(request: FastifyRequest) {
   return { userId, itemId: id, detail: request.url.slice(0, 1000) };
 }
 
+const publicDir = fileURLToPath(new URL('../public/', import.meta.url));
+
 export function buildApp(config: Config, deps: Omit<Deps, 'rules' | 'codeTtlSeconds' | 'healthTimeoutMs'>) {
   const app = Fastify({
     logger: { level: config.logLevel },
@@ -50,7 +54,9 @@ export function buildApp(config: Config, deps: Omit<Deps, 'rules' | 'codeTtlSeco
     bodyLimit: 1024,
     requestTimeout: 10_000,
     connectionTimeout: 10_000,
-    return503OnClosing: true,
+    // While draining, requests already on an open connection are still served (with `Connection: close`):
+    // nothing a client sent is dropped; new connections are refused by the closed listener.
+    return503OnClosing: false,
   });
 
   app.setErrorHandler(async (error: FastifyError, request, reply) => {
@@ -70,6 +76,9 @@ export function buildApp(config: Config, deps: Omit<Deps, 'rules' | 'codeTtlSeco
   app.setNotFoundHandler((request, reply) => {
     reply.code(404).send({ error: 'not_found', message: `No route ${request.method} ${request.url.split('?')[0]}` });
   });
+
+  // The storefront: static files, revalidated on every load (they are small and change with deploys).
+  app.register(fastifyStatic, { root: publicDir, cacheControl: true, maxAge: 0, etag: true, lastModified: true });
 
   registerRoutes(app, {
     ...deps,
