@@ -33,7 +33,8 @@ export async function ensureDatabase(databaseUrl: string): Promise<void> {
     const [found] = await admin`select 1 as one from pg_database where datname = ${name}`;
     if (found) return;
     await admin`create database ${admin(name)}`.catch((error: { code?: string }) => {
-      if (error.code !== '42P04') throw error; // another instance created it first
+      // Another instance created it first: 42P04, or 23505 when both got past the check at once.
+      if (error.code !== '42P04' && error.code !== '23505') throw error;
     });
   } finally {
     await admin.end({ timeout: 5 });

@@ -1,0 +1,76 @@
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
+import { test } from 'node:test';
+import postgres from 'postgres';
+import { ConfigError, loadConfig } from '../src/config.ts';
+import { connect, ensureDatabase, migrate } from '../src/db.ts';
+import { adminUrl, createDatabase, dropRedisPrefix, startInstance, testEnv, uniquePrefix } from './helpers.ts';
+
+test('the defaults describe the local PostgreSQL and Redis and an hourly 10,000-item sale', () => {
+  const config = loadConfig({});
+  assert.equal(config.port, 8080);
+  assert.equal(config.databaseUrl, 'postgres://postgres@127.0.0.1:5432/flash_sale');
+  assert.equal(config.redisUrl, 'redis://127.0.0.1:6379');
+  assert.equal(config.saleSize, 10_000);
+  assert.equal(config.perUserLimit, 10);
+  assert.equal(config.saleIntervalSeconds, 3600);
+  assert.ok(Object.isFrozen(config));
+});
+
+test('a bad variable stops start-up with its name', () => {
+  const cases: Record<string, string>[] = [
+    { PORT: 'eighty' }, { PORT: '70000' }, { SALE_SIZE: '0' }, { SALE_SIZE: '1.5' }, { PER_USER_LIMIT: '-1' },
+    { SALE_INTERVAL: '1h' }, { CODE_TTL: '' + 10 ** 9 }, { DATABASE_URL: 'mysql://x' }, { REDIS_URL: 'not a url' },
+    { LOG_LEVEL: 'loud' }, { DATABASE_POOL_MAX: '0' },
+  ];
+  for (const env of cases) {
+    const [name] = Object.keys(env);
+    assert.throws(() => loadConfig(env), (error: Error) => error instanceof ConfigError && error.message.includes(name!), name);
+  }
+});
+
+test('the server refuses to start on a bad variable, naming it, with exit code 1', async () => {
+  const server = fileURLToPath(new URL('../src/server.ts', import.meta.url));
+  const child = spawn(process.execPath, [server], { env: { ...process.env, SALE_SIZE: 'lots' }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (chunk) => (stderr += chunk));
+  const code = await new Promise((resolve) => child.once('exit', resolve));
+  assert.equal(code, 1);
+  assert.match(stderr, /SALE_SIZE/);
+});
+
+test('ensureDatabase creates a missing database, and instances migrating at once apply each migration once', async () => {
+  const name = `flash_test_${process.pid}_${randomBytes(4).toString('hex')}`;
+  const url = new URL(adminUrl);
+  url.pathname = `/${name}`;
+  const admin = postgres(adminUrl, { max: 1, onnotice: () => {} });
+  try {
+    await Promise.all([ensureDatabase(url.toString()), ensureDatabase(url.toString())]);
+    const pools = [1, 2, 3, 4].map(() => connect(url.toString(), { max: 1 }));
+    const applied = await Promise.all(pools.map((sql) => migrate(sql)));
+    assert.equal(applied.filter((files) => files.length > 0).length, 1, 'exactly one instance applied the migrations');
+    const [row] = await pools[0]!`select count(*) as count from schema_migrations`;
+    assert.equal(row!.count, applied.find((files) => files.length > 0)!.length);
+    await Promise.all(pools.map((sql) => sql.end({ timeout: 5 })));
+  } finally {
+    await admin`drop database if exists ${admin(name)} with (force)`;
+    await admin.end({ timeout: 5 });
+  }
+});
+
+test('SIGTERM drains and the process exits 0; a running instance has opened the current sale', async () => {
+  const database = await createDatabase();
+  const prefix = uniquePrefix();
+  try {
+    const instance = await startInstance(testEnv(database, prefix, { LOG_LEVEL: 'info' }));
+    const [sale] = await database.sql`select size from sales`;
+    assert.equal(sale!.size, 10_000);
+    assert.equal(await instance.stop('SIGTERM'), 0);
+    assert.match(instance.output(), /"msg":"stopped"/);
+  } finally {
+    await database.drop();
+    await dropRedisPrefix(prefix);
+  }
+});
