@@ -19,6 +19,9 @@ function isDatabaseUnavailable(error: { code?: unknown }): boolean {
   return unavailableCodes.has(code) || code.startsWith('08');
 }
 
+// Fastify's own refusals (body, content type, route) keep a code whose status the table agrees with.
+const clientErrorCodes: Record<number, ErrorCode> = { 404: 'not_found', 413: 'payload_too_large', 415: 'unsupported_media_type' };
+
 type Reply = { status: number; error: ErrorCode | string; message: string };
 
 function toReply(error: FastifyError | AppError | Error): Reply {
@@ -31,7 +34,8 @@ function toReply(error: FastifyError | AppError | Error): Reply {
   }
   const status = (error as FastifyError).statusCode;
   if (status !== undefined && status >= 400 && status < 500) {
-    return { status, error: status === 404 ? 'not_found' : 'bad_request', message: error.message };
+    const code = clientErrorCodes[status] ?? 'bad_request';
+    return { status: errorStatus[code], error: code, message: error.message };
   }
   return { status: 500, error: 'internal', message: 'Something went wrong on our side' };
 }
@@ -52,6 +56,8 @@ export function buildApp(config: Config, deps: Omit<Deps, 'rules' | 'codeTtlSeco
     // A line per request costs a visible share of throughput: off unless LOG_REQUESTS asks for it.
     logController: new LogController({ disableRequestLogging: !config.logRequests }),
     bodyLimit: 1024,
+    // Long path parameters must reach the schema (a 400), not miss the route (a 404).
+    routerOptions: { maxParamLength: 1024 },
     requestTimeout: 10_000,
     connectionTimeout: 10_000,
     // While draining, requests already on an open connection are still served (with `Connection: close`):
@@ -72,6 +78,9 @@ export function buildApp(config: Config, deps: Omit<Deps, 'rules' | 'codeTtlSeco
     if (response.status >= 500) request.log.error({ err: error }, 'request failed');
     return reply.code(response.status).send({ error: response.error, message: response.message });
   });
+
+  // Every parameter travels in the query string; a form-encoded POST (curl -d '') carries nothing we read.
+  app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (_request, _body, done) => done(null, undefined));
 
   app.setNotFoundHandler((request, reply) => {
     reply.code(404).send({ error: 'not_found', message: `No route ${request.method} ${request.url.split('?')[0]}` });

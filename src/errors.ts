@@ -3,6 +3,8 @@
 export const errorStatus = {
   bad_request: 400,
   not_found: 404,
+  payload_too_large: 413,
+  unsupported_media_type: 415,
   item_unknown: 404,
   item_sold: 409,
   code_unknown: 404,
