@@ -35,6 +35,8 @@ export function createCache(options: { url: string; keyPrefix: string; timeoutMs
     // Without these, commands queue forever while Redis is down and every request waits.
     disableOfflineQueue: true,
     commandOptions: { timeout: options.timeoutMs },
+    // While Redis hangs, unanswered commands wait in this queue: bound it (past it, commands fail fast).
+    commandsQueueMaxLength: 10_000,
     socket: { connectTimeout: 1000, reconnectStrategy: (retries) => Math.min(50 * 2 ** retries, 2000) },
   });
   let lastError = '';
@@ -47,12 +49,18 @@ export function createCache(options: { url: string; keyPrefix: string; timeoutMs
     lastError = '';
   });
 
+  // node-redis's own timeout stops once a command is written, so a hung (not dead) Redis would hold
+  // the request: this timer bounds every call, whatever state the connection is in.
   async function quietly<T>(command: () => Promise<T>): Promise<T | null> {
     if (!client.isReady) return null;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<null>((resolve) => {
+      timer = setTimeout(() => resolve(null), options.timeoutMs);
+    });
     try {
-      return await command();
-    } catch {
-      return null;
+      return await Promise.race([command().catch(() => null), timeout]);
+    } finally {
+      clearTimeout(timer);
     }
   }
 
