@@ -1,4 +1,5 @@
 import js from '@eslint/js';
+import globals from 'globals';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
@@ -6,10 +7,12 @@ export default tseslint.config(
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {
-    languageOptions: { globals: { process: 'readonly', console: 'readonly', setTimeout: 'readonly', clearTimeout: 'readonly', URL: 'readonly' } },
+    languageOptions: { globals: globals.node },
     rules: {
       'no-console': ['error', { allow: ['error', 'log'] }],
       '@typescript-eslint/no-non-null-assertion': 'off',
     },
   },
+  // The storefront runs in the browser.
+  { files: ['public/**/*.js'], languageOptions: { globals: globals.browser } },
 );

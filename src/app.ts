@@ -1,9 +1,12 @@
 // Builds the Fastify application with every route and the one error boundary. Never listens.
 import { fileURLToPath } from 'node:url';
 import fastifyStatic from '@fastify/static';
+import fastifySwagger from '@fastify/swagger';
+import fastifySwaggerUi from '@fastify/swagger-ui';
 import Fastify, { LogController, type FastifyError, type FastifyRequest } from 'fastify';
 import type { Config } from './config.ts';
 import { AppError, errorStatus, type ErrorCode } from './errors.ts';
+import { createMetrics } from './metrics.ts';
 import { registerRoutes, type Deps } from './routes.ts';
 import { recordBadCheckout } from './store.ts';
 
@@ -50,7 +53,7 @@ function rawCheckout(request: FastifyRequest) {
 
 const publicDir = fileURLToPath(new URL('../public/', import.meta.url));
 
-export function buildApp(config: Config, deps: Omit<Deps, 'rules' | 'codeTtlSeconds' | 'healthTimeoutMs'>) {
+export function buildApp(config: Config, deps: Pick<Deps, 'sql' | 'cache'>) {
   const app = Fastify({
     logger: { level: config.logLevel },
     // A line per request costs a visible share of throughput: off unless LOG_REQUESTS asks for it.
@@ -65,12 +68,18 @@ export function buildApp(config: Config, deps: Omit<Deps, 'rules' | 'codeTtlSeco
     return503OnClosing: false,
   });
 
+  const metrics = createMetrics({ sql: deps.sql, cache: deps.cache, databasePoolMax: config.databasePoolMax });
+  app.addHook('onResponse', async (request, reply) => {
+    metrics.observeRequest(request.method, request.routeOptions.url ?? 'unknown', reply.statusCode, reply.elapsedTime / 1000);
+  });
+
   app.setErrorHandler(async (error: FastifyError, request, reply) => {
     let response = toReply(error);
     // A checkout refused before its handler ran (bad parameters) is still an attempt to record.
     if (request.routeOptions.url === '/checkout' && response.status < 500 && !(error instanceof AppError)) {
       try {
         await recordBadCheckout(deps.sql, rawCheckout(request));
+        metrics.checkout('bad_request');
       } catch (recordError) {
         response = toReply(recordError as Error);
       }
@@ -86,14 +95,23 @@ export function buildApp(config: Config, deps: Omit<Deps, 'rules' | 'codeTtlSeco
     reply.code(404).send({ error: 'not_found', message: `No route ${request.method} ${request.url.split('?')[0]}` });
   });
 
+  // The OpenAPI description is generated from the route schemas; routes register after it to be seen.
+  app.register(fastifySwagger, {
+    openapi: {
+      info: { title: 'flash-sale', version: '1.0.0', description: 'Hourly 10,000-item flash sales: checkout, purchase, browse.' },
+    },
+  });
+  app.register(fastifySwaggerUi, { routePrefix: '/docs' });
   // The storefront: static files, revalidated on every load (they are small and change with deploys).
   app.register(fastifyStatic, { root: publicDir, cacheControl: true, maxAge: 0, etag: true, lastModified: true });
-
-  registerRoutes(app, {
-    ...deps,
-    rules: { saleIntervalSeconds: config.saleIntervalSeconds, saleSize: config.saleSize, perUserLimit: config.perUserLimit },
-    codeTtlSeconds: config.codeTtlSeconds,
-    healthTimeoutMs: config.healthTimeoutMs,
-  });
+  app.register(async (instance) =>
+    registerRoutes(instance, {
+      ...deps,
+      metrics,
+      rules: { saleIntervalSeconds: config.saleIntervalSeconds, saleSize: config.saleSize, perUserLimit: config.perUserLimit },
+      codeTtlSeconds: config.codeTtlSeconds,
+      healthTimeoutMs: config.healthTimeoutMs,
+    }),
+  );
   return app;
 }

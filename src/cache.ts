@@ -75,6 +75,10 @@ export function createCache(options: { url: string; keyPrefix: string; timeoutMs
       else client.destroy();
     },
 
+    isReady(): boolean {
+      return client.isReady;
+    },
+
     async ping(): Promise<void> {
       if (!client.isReady) throw new Error('Redis is not connected');
       await client.ping();

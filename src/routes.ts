@@ -2,13 +2,21 @@
 import type { FastifyInstance } from 'fastify';
 import type { Cache } from './cache.ts';
 import type { Sql } from './db.ts';
+import type { Metrics } from './metrics.ts';
 import { AppError } from './errors.ts';
 import { itemImage, itemName } from './sale.ts';
 import * as schemas from './schemas.ts';
 import * as shop from './shop.ts';
 import * as store from './store.ts';
 
-export type Deps = { sql: Sql; cache: Cache; rules: store.SaleRules; codeTtlSeconds: number; healthTimeoutMs: number };
+export type Deps = {
+  sql: Sql;
+  cache: Cache;
+  metrics: Metrics;
+  rules: store.SaleRules;
+  codeTtlSeconds: number;
+  healthTimeoutMs: number;
+};
 
 type IdParams = { Params: { id: string } };
 
@@ -38,7 +46,7 @@ const saleView = (sale: store.SaleSummary) => ({
 });
 
 export function registerRoutes(app: FastifyInstance, deps: Deps): void {
-  const shopDeps = { sql: deps.sql, cache: deps.cache, codeTtlSeconds: deps.codeTtlSeconds };
+  const shopDeps = { sql: deps.sql, cache: deps.cache, metrics: deps.metrics, codeTtlSeconds: deps.codeTtlSeconds };
 
   app.post<{ Querystring: { user_id: string; id: string } }>('/checkout', { schema: schemas.checkoutSchema }, async (request) => {
     const issued = await shop.checkout(shopDeps, request.query.user_id, Number(request.query.id));
@@ -61,6 +69,11 @@ export function registerRoutes(app: FastifyInstance, deps: Deps): void {
       user_id: receipt.userId,
       purchased_at: receipt.purchasedAt,
     };
+  });
+
+  app.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {
+    const body = await deps.metrics.registry.metrics();
+    return reply.type(deps.metrics.registry.contentType).send(body);
   });
 
   app.get('/health', { schema: schemas.healthSchema }, async (_request, reply) => {

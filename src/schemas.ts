@@ -52,6 +52,8 @@ const receipt = {
 } as const;
 
 export const checkoutSchema = {
+  summary: "Check an item out: a code bound to this user and item, valid for CODE_TTL; every attempt is recorded",
+  tags: ['buy'],
   querystring: { type: 'object', required: ['user_id', 'id'], properties: { user_id: userId, id } },
   response: {
     200: {
@@ -70,6 +72,8 @@ export const checkoutSchema = {
 } as const;
 
 export const purchaseSchema = {
+  summary: "Buy the code's item; replaying a successful code answers the same receipt",
+  tags: ['buy'],
   querystring: {
     type: 'object',
     required: ['code'],
@@ -85,9 +89,15 @@ const health = {
   properties: { status: dependency, database: dependency, redis: dependency },
 } as const;
 
-export const healthSchema = { response: { 200: health, 503: health } } as const;
+export const healthSchema = {
+  summary: "State of the PostgreSQL and Redis connections",
+  tags: ['operate'],
+  response: { 200: health, 503: health },
+} as const;
 
 export const salesSchema = {
+  summary: "Open sales and the latest ones, newest first; opens the current sale if missing",
+  tags: ['browse'],
   querystring: {
     type: 'object',
     properties: { latest: { type: 'integer', minimum: 1, maximum: 100, default: 5, description: 'Recent sales to list besides the open ones' } },
@@ -103,11 +113,15 @@ export const salesSchema = {
 } as const;
 
 export const saleSchema = {
+  summary: "One sale with its sold count",
+  tags: ['browse'],
   params: { type: 'object', required: ['id'], properties: { id } },
   response: { 200: sale, ...errors },
 } as const;
 
 export const saleItemsSchema = {
+  summary: "A sale's items in id order, a keyset page at a time",
+  tags: ['browse'],
   params: { type: 'object', required: ['id'], properties: { id } },
   querystring: {
     type: 'object',
@@ -128,16 +142,22 @@ export const saleItemsSchema = {
 } as const;
 
 export const itemSchema = {
+  summary: "One item with its generated name",
+  tags: ['browse'],
   params: { type: 'object', required: ['id'], properties: { id } },
   response: { 200: item, ...errors },
 } as const;
 
 export const itemImageSchema = {
+  summary: "The item's generated SVG image",
+  tags: ['browse'],
   params: { type: 'object', required: ['id'], properties: { id } },
   response: { ...errors },
 } as const;
 
 export const userPurchasesSchema = {
+  summary: "What a user bought, newest first",
+  tags: ['browse'],
   params: { type: 'object', required: ['user_id'], properties: { user_id: userId } },
   querystring: { type: 'object', properties: { sale_id: id } },
   response: {

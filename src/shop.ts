@@ -4,9 +4,10 @@ import { randomBytes } from 'node:crypto';
 import type { Cache, Receipt } from './cache.ts';
 import type { Sql } from './db.ts';
 import { AppError, messages } from './errors.ts';
+import type { Metrics } from './metrics.ts';
 import * as store from './store.ts';
 
-export type Shop = { sql: Sql; cache: Cache; codeTtlSeconds: number };
+export type Shop = { sql: Sql; cache: Cache; metrics: Metrics; codeTtlSeconds: number };
 
 // 128 bits from the operating system's CSPRNG, base64url: 22 characters, as the reference's clients expect.
 export function newCode(): string {
@@ -15,6 +16,7 @@ export function newCode(): string {
 
 export async function checkout(shop: Shop, userId: string, itemId: number) {
   const result = await store.checkout(shop.sql, userId, itemId, newCode(), shop.codeTtlSeconds);
+  shop.metrics.checkout(result.outcome);
   if (result.outcome === 'item_unknown') throw new AppError('item_unknown', messages.itemUnknown(itemId));
   if (result.outcome === 'item_sold') throw new AppError('item_sold', messages.itemSold(itemId));
   const issued = { code: result.code!, userId, itemId, saleId: result.saleId!, expiresAt: result.expiresAt! };
@@ -24,11 +26,13 @@ export async function checkout(shop: Shop, userId: string, itemId: number) {
 
 export async function purchase(shop: Shop, code: string): Promise<Receipt> {
   const shortcut = await shop.cache.purchaseShortcut(code);
+  if (shortcut) shop.metrics.purchase(shortcut.outcome, 'redis');
   if (shortcut?.outcome === 'replayed') return shortcut.receipt;
   if (shortcut?.outcome === 'item_sold') throw new AppError('item_sold', messages.itemSold(shortcut.itemId));
   if (shortcut?.outcome === 'limit_reached') throw new AppError('limit_reached', messages.limitReached(shortcut.perUserLimit));
 
   const result = await store.purchase(shop.sql, code);
+  shop.metrics.purchase(result.outcome, 'postgres');
   switch (result.outcome) {
     case 'code_unknown':
       throw new AppError('code_unknown', messages.codeUnknown());

@@ -1,0 +1,68 @@
+// Prometheus metrics: requests by route and status, checkout and purchase outcomes, items sold per
+// sale (read from PostgreSQL at scrape time, so every instance reports the same truth), pool state.
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Cache } from './cache.ts';
+import type { Sql } from './db.ts';
+import { listSales } from './store.ts';
+
+export type Metrics = ReturnType<typeof createMetrics>;
+
+export function createMetrics(deps: { sql: Sql; cache: Cache; databasePoolMax: number }) {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry });
+
+  const requestDuration = new Histogram({
+    name: 'http_request_duration_seconds',
+    help: 'HTTP request latency by method, route and status',
+    labelNames: ['method', 'route', 'status_code'] as const,
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    registers: [registry],
+  });
+  const checkoutOutcomes = new Counter({
+    name: 'checkout_outcomes_total',
+    help: 'Checkout requests by outcome',
+    labelNames: ['outcome'] as const,
+    registers: [registry],
+  });
+  const purchaseOutcomes = new Counter({
+    name: 'purchase_outcomes_total',
+    help: 'Purchase requests by outcome and by who answered (postgres decides; redis only repeats known facts)',
+    labelNames: ['outcome', 'answered_by'] as const,
+    registers: [registry],
+  });
+  new Gauge({
+    name: 'sale_items_sold',
+    help: 'Items sold per sale (open sales and the latest ones), read from PostgreSQL at scrape time',
+    labelNames: ['sale_id'] as const,
+    registers: [registry],
+    async collect() {
+      this.reset();
+      const sales = await listSales(deps.sql, 5).catch(() => []);
+      for (const sale of sales) this.set({ sale_id: String(sale.id) }, sale.sold);
+    },
+  });
+  new Gauge({ name: 'database_pool_max', help: 'Connections this instance may open to PostgreSQL', registers: [registry] }).set(
+    deps.databasePoolMax,
+  );
+  new Gauge({
+    name: 'redis_connected',
+    help: '1 while the Redis connection is ready, 0 while the service runs without its cache',
+    registers: [registry],
+    collect() {
+      this.set(deps.cache.isReady() ? 1 : 0);
+    },
+  });
+
+  return {
+    registry,
+    observeRequest(method: string, route: string, statusCode: number, seconds: number): void {
+      requestDuration.observe({ method, route, status_code: String(statusCode) }, seconds);
+    },
+    checkout(outcome: string): void {
+      checkoutOutcomes.inc({ outcome });
+    },
+    purchase(outcome: string, answeredBy: 'postgres' | 'redis'): void {
+      purchaseOutcomes.inc({ outcome, answered_by: answeredBy });
+    },
+  };
+}

@@ -1,0 +1,64 @@
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import { after, before, test } from 'node:test';
+import { createDatabase, currentSaleId, dropRedisPrefix, startApp, uniquePrefix, type TestApp, type TestDatabase } from './helpers.ts';
+
+let database: TestDatabase;
+let testApp: TestApp;
+const prefix = uniquePrefix();
+
+before(async () => {
+  database = await createDatabase();
+  testApp = await startApp(database, prefix);
+});
+after(async () => {
+  await testApp.close();
+  await database.drop();
+  await dropRedisPrefix(prefix);
+});
+
+function metricValue(body: string, line: RegExp): number {
+  const found = body.split('\n').find((text) => line.test(text));
+  assert.ok(found, `no metric line matches ${line}`);
+  return Number(found.split(' ').at(-1));
+}
+
+test('/metrics reports requests, outcomes, items sold per sale and the connections', async () => {
+  const saleId = await currentSaleId(database.sql);
+  const [item] = await database.sql<{ id: number }[]>`select id from items where sale_id = ${saleId} order by id limit 1`;
+  const checkout = await testApp.app.inject({ method: 'POST', url: `/checkout?user_id=metrics&id=${item!.id}` });
+  await testApp.app.inject({ method: 'POST', url: `/purchase?code=${checkout.json().code}` });
+  await testApp.app.inject({ method: 'POST', url: '/checkout?user_id=metrics&id=x' });
+
+  const reply = await testApp.app.inject({ method: 'GET', url: '/metrics' });
+  assert.equal(reply.statusCode, 200);
+  assert.match(String(reply.headers['content-type']), /^text\/plain/);
+  const body = reply.body;
+  assert.equal(metricValue(body, /^checkout_outcomes_total\{outcome="issued"\}/), 1);
+  assert.equal(metricValue(body, /^checkout_outcomes_total\{outcome="bad_request"\}/), 1);
+  assert.equal(metricValue(body, /^purchase_outcomes_total\{outcome="purchased",answered_by="postgres"\}/), 1);
+  assert.equal(metricValue(body, new RegExp(`^sale_items_sold\\{sale_id="${saleId}"\\}`)), 1);
+  assert.equal(metricValue(body, /^http_request_duration_seconds_count\{method="POST",route="\/checkout",status_code="200"\}/), 1);
+  assert.equal(metricValue(body, /^http_request_duration_seconds_count\{method="POST",route="\/checkout",status_code="400"\}/), 1);
+  assert.equal(metricValue(body, /^database_pool_max/), testApp.config.databasePoolMax);
+  assert.match(body, /^redis_connected [01]$/m);
+  assert.match(body, /^process_resident_memory_bytes /m);
+});
+
+test('the OpenAPI description lists exactly the endpoints the README documents', async () => {
+  const reply = await testApp.app.inject({ method: 'GET', url: '/docs/json' });
+  assert.equal(reply.statusCode, 200);
+  const paths = reply.json().paths as Record<string, Record<string, unknown>>;
+  const fromOpenApi = Object.entries(paths)
+    .flatMap(([path, methods]) => Object.keys(methods).map((method) => `${method.toUpperCase()} ${path}`))
+    .sort();
+
+  const readme = await readFile(new URL('../README.md', import.meta.url), 'utf8');
+  const api = readme.slice(readme.indexOf('## API'), readme.indexOf('\n## ', readme.indexOf('## API') + 1));
+  const fromReadme = [...api.matchAll(/^\| `(GET|POST) ([^`?]+)[^`]*` \|/gm)].map((match) => `${match[1]} ${match[2]}`).sort();
+  assert.deepEqual(fromReadme, fromOpenApi);
+
+  const ui = await testApp.app.inject({ method: 'GET', url: '/docs/' });
+  assert.equal(ui.statusCode, 200);
+  assert.match(ui.body, /swagger/i);
+});

@@ -1,0 +1,198 @@
+// The storefront in a real browser (Debian's Chromium through playwright-core) against a real instance:
+// buy through the page up to the limit, live sold counts, a lost answer finished on reload without
+// buying twice, and a phone-sized screen without horizontal scrolling.
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { chromium, type Browser, type Page } from 'playwright-core';
+import { createDatabase, dropRedisPrefix, startInstance, testEnv, uniquePrefix, type Instance, type TestDatabase } from './helpers.ts';
+
+const chromiumPath = '/usr/bin/chromium';
+const screenshotPath = fileURLToPath(new URL('../docs/storefront.png', import.meta.url));
+const launchArgs = [
+  '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic', '--no-first-run',
+  '--disable-component-update', '--disable-sync',
+];
+
+async function itemsOwned(database: TestDatabase, saleId: number, userId: string): Promise<number> {
+  const [row] = await database.sql<{ count: number }[]>`
+    select count(*)::int as count from items where sale_id = ${saleId} and buyer_id = ${userId}`;
+  return row!.count;
+}
+
+async function pendingCode(page: Page): Promise<string | null> {
+  return (await page.evaluate(`sessionStorage.getItem('flash-sale:pending-purchase')`)) as string | null;
+}
+
+// Every lazy image loaded, so the screenshot shows the pictures.
+async function loadAllImages(page: Page): Promise<void> {
+  await page.evaluate(`document.querySelectorAll('img[loading="lazy"]').forEach((img) => { img.loading = 'eager'; })`);
+  await page.waitForFunction(`[...document.images].every((img) => img.complete && img.naturalWidth > 0)`, undefined, { timeout: 15_000 });
+}
+
+test('the storefront buys through the page up to the limit, updates live, and fits a phone', { timeout: 240_000 }, async (t) => {
+  if (!existsSync(chromiumPath)) {
+    t.skip(`${chromiumPath} is missing: install Debian's Chromium (apt-get install -y chromium) to run the browser test`);
+    return;
+  }
+
+  const opened: { database?: TestDatabase; instance?: Instance; browser?: Browser } = {};
+  const prefix = uniquePrefix();
+  t.after(async () => {
+    await opened.browser?.close();
+    await opened.instance?.stop();
+    await opened.database?.drop();
+    await dropRedisPrefix(prefix);
+  });
+
+  const database = (opened.database = await createDatabase());
+  // The limit is stored with the sale when it is created, which this instance does at start-up.
+  const instance = (opened.instance = await startInstance(testEnv(database, prefix, { PER_USER_LIMIT: '2' })));
+  const [sale] = await database.sql<{ id: number; perUserLimit: number }[]>`
+    select id::int, per_user_limit as "perUserLimit" from sales order by starts_at desc limit 1`;
+  assert.equal(sale!.perUserLimit, 2);
+  const saleId = sale!.id;
+
+  const browser = (opened.browser = await chromium.launch({ executablePath: chromiumPath, args: launchArgs }));
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(15_000);
+  const pageErrors: string[] = [];
+  page.on('pageerror', (error) => pageErrors.push(error.message));
+  page.on('console', (message) => {
+    if (message.type() === 'error') pageErrors.push(message.text());
+  });
+
+  await page.goto(`${instance.url}/`);
+
+  // The open sale, chosen by default, with its sold count and a countdown to the next one.
+  const saleCard = page.locator(`#sales button.sale-card[data-sale="${saleId}"]`);
+  await saleCard.waitFor();
+  assert.equal(await saleCard.getAttribute('aria-pressed'), 'true');
+  assert.match(await saleCard.innerText(), /0\s*\/ 10,000 sold/);
+  await page.waitForFunction(`/^\\d+:\\d\\d(:\\d\\d)?$/.test(document.getElementById('countdown').textContent)`);
+
+  // The first page of available items, each with its picture, its name and a Buy button.
+  const cards = page.locator('#grid li.item');
+  await cards.first().waitFor();
+  assert.equal(await cards.count(), 24);
+  assert.equal(await cards.first().locator('img').getAttribute('src'), `/items/${await cards.first().getAttribute('data-item')}/image`);
+
+  // The user id: refused by the page with the API's rules, then kept in localStorage.
+  await page.getByLabel('User id').fill('not valid!');
+  await page.getByRole('button', { name: 'Save' }).click();
+  assert.match(await page.locator('#user-error').innerText(), /letters, digits/);
+  await page.getByLabel('User id').fill('shopper_1');
+  await page.getByLabel('User id').press('Enter');
+  assert.equal(await page.locator('#user-name').innerText(), 'shopper_1');
+  assert.equal(await page.evaluate(`localStorage.getItem('flash-sale:user-id')`), 'shopper_1');
+
+  const result = page.locator('#result');
+
+  // First purchase, with the mouse.
+  const first = cards.nth(0);
+  const firstId = await first.getAttribute('data-item');
+  const firstName = await first.locator('.item-name').innerText();
+  await first.getByRole('button', { name: 'Buy' }).click();
+  await page.locator('#result.ok').waitFor();
+  let text = await result.innerText();
+  assert.match(text, /Purchase successful/);
+  assert.ok(text.includes(`#${firstId}`), text);
+  assert.ok(text.includes(firstName), text);
+  assert.equal(await first.getByRole('button').innerText(), 'Bought ✓');
+  assert.equal(await pendingCode(page), null);
+  assert.match(await page.locator('#announcer[aria-live="polite"]').textContent() ?? '', /^Purchase successful\./);
+
+  // Second purchase, with the keyboard.
+  const second = cards.nth(1);
+  const secondId = await second.getAttribute('data-item');
+  await second.getByRole('button', { name: 'Buy' }).focus();
+  await page.keyboard.press('Enter');
+  await page.waitForFunction(`document.querySelector('#result.ok')?.textContent.includes('#${secondId}')`);
+
+  // The third is refused with the service's own message; the item stays for sale.
+  const third = cards.nth(2);
+  await third.getByRole('button', { name: 'Buy' }).click();
+  await page.locator('#result.bad').waitFor();
+  text = await result.innerText();
+  assert.match(text, /User has reached the maximum of 2 items per sale/);
+  assert.match(await page.locator('#announcer').textContent() ?? '', /User has reached the maximum of 2 items per sale/);
+  assert.equal(await third.getByRole('button', { name: 'Buy' }).isEnabled(), true);
+  assert.equal(await pendingCode(page), null);
+
+  // My purchases: both items of this sale.
+  await page.waitForFunction(`document.querySelectorAll('#purchases li').length === 2`);
+  assert.match(await page.locator('#purchases-meta').innerText(), /2 of 2 bought/);
+
+  // The database agrees.
+  assert.equal(await itemsOwned(database, saleId, 'shopper_1'), 2);
+  await page.waitForFunction(`/2\\s*\\/ 10,000 sold/.test(document.querySelector('#sales .sale-card').textContent)`);
+
+  await loadAllImages(page);
+  await mkdir(dirname(screenshotPath), { recursive: true });
+  await page.screenshot({ path: screenshotPath, fullPage: true });
+
+  // Live: a purchase made elsewhere shows up in the sold count without touching the page.
+  const otherItem = await cards.nth(5).getAttribute('data-item');
+  const checkout = (await fetch(`${instance.url}/checkout?user_id=elsewhere&id=${otherItem}`, { method: 'POST' }).then((r) => r.json())) as {
+    code: string;
+  };
+  const bought = await fetch(`${instance.url}/purchase?code=${checkout.code}`, { method: 'POST' });
+  assert.equal(bought.status, 200);
+  await page.waitForFunction(`/3\\s*\\/ 10,000 sold/.test(document.querySelector('#sales .sale-card').textContent)`, undefined, { timeout: 6_000 });
+
+  // A lost answer: the purchase happens, the page never hears it, keeps the code and offers a retry.
+  await page.getByRole('button', { name: 'Change' }).click();
+  await page.getByLabel('User id').fill('resumer');
+  await page.getByLabel('User id').press('Enter');
+  let purchaseRequests = 0;
+  await page.route('**/purchase?*', async (route) => {
+    purchaseRequests += 1;
+    await route.fetch(); // reaches the service, which buys (or replays)...
+    await route.abort('connectionreset'); // ...but the answer is lost on the way back
+  });
+  const fourth = cards.nth(3);
+  const fourthId = await fourth.getAttribute('data-item');
+  await fourth.getByRole('button', { name: 'Buy' }).click();
+  await page.waitForFunction(`document.querySelector('#result.bad')?.textContent.includes('not confirmed')`);
+  assert.equal(await fourth.getByRole('button', { name: 'Buy' }).isEnabled(), true);
+  const code = await pendingCode(page);
+  assert.ok(code, 'the pending code is kept in sessionStorage');
+  assert.ok(purchaseRequests >= 1);
+  assert.equal(await itemsOwned(database, saleId, 'resumer'), 1);
+
+  // Reload: the page finishes with the same code (the same receipt), never a second checkout.
+  await page.unroute('**/purchase?*');
+  await page.reload();
+  await page.waitForFunction(`document.querySelector('#result.ok')?.textContent.includes('#${fourthId}')`);
+  assert.ok((await result.innerText()).includes(JSON.parse(code!).code));
+  assert.equal(await pendingCode(page), null);
+  await page.reload();
+  await page.locator('#grid li.item').first().waitFor();
+  assert.equal(await itemsOwned(database, saleId, 'resumer'), 1);
+  const [attempts] = await database.sql<{ count: number }[]>`select count(*)::int as count from checkout_attempts where user_id = 'resumer'`;
+  assert.equal(attempts!.count, 1);
+  assert.equal(await itemsOwned(database, saleId, 'shopper_1'), 2);
+  assert.deepEqual(pageErrors.filter((message) => !/ERR_CONNECTION_RESET|Failed to load resource/.test(message)), []);
+
+  // A phone-sized screen: the grid is there, two columns wide, with nothing to scroll sideways.
+  const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 });
+  const small = await phone.newPage();
+  await small.goto(`${instance.url}/`);
+  const smallCards = small.locator('#grid li.item');
+  await smallCards.first().waitFor();
+  await smallCards.first().scrollIntoViewIfNeeded();
+  assert.equal(await smallCards.first().isVisible(), true);
+  const widths = (await small.evaluate(
+    `({ scroll: document.documentElement.scrollWidth, client: document.documentElement.clientWidth, body: document.body.scrollWidth })`,
+  )) as { scroll: number; client: number; body: number };
+  assert.ok(widths.scroll <= widths.client && widths.body <= widths.client, `no horizontal scrolling: ${JSON.stringify(widths)}`);
+  const a = (await smallCards.nth(0).boundingBox())!;
+  const b = (await smallCards.nth(1).boundingBox())!;
+  assert.ok(a.x >= 0 && b.x + b.width <= 390, `cards inside the screen: ${JSON.stringify({ a, b })}`);
+  assert.equal(Math.round(a.y), Math.round(b.y), 'two cards side by side');
+  await phone.close();
+});
