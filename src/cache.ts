@@ -84,8 +84,11 @@ export function createCache(options: { url: string; keyPrefix: string; timeoutMs
       await client.ping();
     },
 
-    rememberCode(code: string, binding: { itemId: number; saleId: number; userId: string }, ttlSeconds: number): void {
-      void quietly(() => client.set(`${prefix}code:${code}`, `${binding.itemId}|${binding.saleId}|${binding.userId}`, { EX: ttlSeconds }));
+    // The binding expires with the code (PostgreSQL's expires_at), so an expired code always reaches
+    // PostgreSQL and hears code_expired.
+    rememberCode(code: string, binding: { itemId: number; saleId: number; userId: string; expiresAt: Date }): void {
+      const value = `${binding.itemId}|${binding.saleId}|${binding.userId}`;
+      void quietly(() => client.set(`${prefix}code:${code}`, value, { PXAT: binding.expiresAt.getTime() }));
     },
 
     rememberSold(receipt: Receipt): void {

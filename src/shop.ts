@@ -20,7 +20,7 @@ export async function checkout(shop: Shop, userId: string, itemId: number) {
   if (result.outcome === 'item_unknown') throw new AppError('item_unknown', messages.itemUnknown(itemId));
   if (result.outcome === 'item_sold') throw new AppError('item_sold', messages.itemSold(itemId));
   const issued = { code: result.code!, userId, itemId, saleId: result.saleId!, expiresAt: result.expiresAt! };
-  shop.cache.rememberCode(issued.code, issued, shop.codeTtlSeconds);
+  shop.cache.rememberCode(issued.code, issued);
   return issued;
 }
 

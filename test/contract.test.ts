@@ -507,6 +507,21 @@ describe('POST /purchase', () => {
     }
   });
 
+  test('an expired code is 410 code_expired even when Redis knows its item was sold to another code', async () => {
+    const shortApp = await startApp(database, prefix, { CODE_TTL: '1' });
+    try {
+      const itemId = freshItem();
+      const late = await checkout(newUser('late'), itemId, shortApp);
+      const winner = await checkout(newUser('quick'), itemId, shortApp);
+      assert.equal((await purchase(winner.code, shortApp)).status, 200);
+      assert.ok(await redisKeyExists(`sold:${itemId}`), 'Redis knows the item is sold');
+      await sleep(1500);
+      assertError(await purchase(late.code, shortApp), 410, 'code_expired');
+    } finally {
+      await shortApp.close();
+    }
+  });
+
   test("a code for an item sold to another user's code is 409 item_sold (Redis shortcut and PostgreSQL)", async () => {
     const itemId = freshItem();
     const winner = newUser('winner');
