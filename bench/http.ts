@@ -1,0 +1,98 @@
+// HTTP to the service: one undici Pool per instance with a fixed number of keep-alive connections,
+// requests spread round-robin over the instances, every answer timed and classified by the Recorder.
+import { performance } from 'node:perf_hooks';
+import { Pool } from 'undici';
+import type { Endpoint, Kind, Recorder } from './stats.ts';
+
+export type Reply = {
+  status: number; // 0 when no response arrived
+  outcome: string; // "200", "409 item_sold", "network ECONNRESET", ...
+  kind: Kind;
+  body: Record<string, unknown> | null;
+};
+
+const timeoutMs = 30_000;
+
+function errorCode(error: unknown): string {
+  const code = (error as { code?: unknown }).code;
+  return typeof code === 'string' ? code : (error as Error).name || 'Error';
+}
+
+// "200", or the status and the service's error code; a purchase must also say it succeeded.
+function outcomeOf(endpoint: Endpoint, status: number, body: Record<string, unknown> | null): string {
+  if (status >= 200 && status < 300) {
+    if (!body) return `${status} not_json`;
+    if (endpoint === 'purchase' && body.message !== 'Purchase successful') return `${status} unexpected_body`;
+    return String(status);
+  }
+  return typeof body?.error === 'string' ? `${status} ${body.error}` : `${status} not_json`;
+}
+
+function parse(text: string): Record<string, unknown> | null {
+  try {
+    const value: unknown = JSON.parse(text);
+    return value && typeof value === 'object' ? (value as Record<string, unknown>) : null;
+  } catch {
+    return null;
+  }
+}
+
+export class Http {
+  private readonly pools: Pool[];
+  private next = 0;
+  inFlight = 0;
+
+  private readonly recorder: Recorder;
+  private readonly urls: string[];
+
+  constructor(urls: string[], connections: number, recorder: Recorder) {
+    this.recorder = recorder;
+    this.urls = urls;
+    this.pools = urls.map((url) => new Pool(url, {
+      connections,
+      pipelining: 1,
+      headersTimeout: timeoutMs,
+      bodyTimeout: timeoutMs,
+      connectTimeout: 5_000,
+    }));
+  }
+
+  async call(endpoint: Endpoint, method: 'GET' | 'POST', path: string): Promise<Reply> {
+    const pool = this.pools[this.next]!;
+    this.next = (this.next + 1) % this.pools.length;
+    const start = performance.now();
+    this.inFlight += 1;
+    try {
+      const response = await pool.request({ method, path });
+      const text = await response.body.text();
+      const body = parse(text);
+      const outcome = outcomeOf(endpoint, response.statusCode, body);
+      const kind = this.recorder.record(endpoint, response.statusCode, outcome, start, text);
+      return { status: response.statusCode, outcome, kind, body };
+    } catch (error) {
+      const outcome = `network ${errorCode(error)}`;
+      const kind = this.recorder.record(endpoint, 0, outcome, start, (error as Error).message);
+      return { status: 0, outcome, kind, body: null };
+    } finally {
+      this.inFlight -= 1;
+    }
+  }
+
+  // Before any setup: every instance must answer GET /health with 200. Returns what went wrong, if anything.
+  async preflight(): Promise<string[]> {
+    const problems = await Promise.all(this.pools.map(async (pool, index) => {
+      try {
+        const response = await pool.request({ method: 'GET', path: '/health', headersTimeout: 5_000, bodyTimeout: 5_000 });
+        const text = await response.body.text();
+        return response.statusCode === 200 ? null : `${this.urls[index]}/health answered ${response.statusCode}: ${text.slice(0, 200)}`;
+      } catch (error) {
+        return `${this.urls[index]} is unreachable: ${errorCode(error)} ${(error as Error).message}`;
+      }
+    }));
+    return problems.filter((problem): problem is string => problem !== null);
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.pools.map((pool) => pool.close()));
+  }
+}

@@ -1,0 +1,119 @@
+// The four scenarios. Each prepares what it needs, calls run.start() when the measured part begins,
+// and returns the facts worth reporting besides the common measurements.
+import { randomInt } from 'node:crypto';
+import { availableItemIds, createFreshSale, preIssueCodes, saleInfo, type SaleInfo } from './database.ts';
+import type { ScenarioName } from './options.ts';
+import { runLoops, type Run, type ScenarioResult } from './run.ts';
+import { newTally, shop, type Tally } from './shopper.ts';
+
+// Loops that never meet a deadline still end: no scenario sends more than this many tasks.
+const maxTasks = 10_000_000;
+const freshSaleSize = 10_000;
+
+// The first open sale GET /sales lists (the current one when it has items left); a fresh one otherwise.
+async function openSale(run: Run): Promise<{ sale: SaleInfo; fresh: boolean }> {
+  const reply = await run.http.call('sales', 'GET', '/sales');
+  if (reply.kind !== 'ok') throw new Error(`GET /sales answered ${reply.outcome}; is the service running at ${run.options.urls.join(', ')}?`);
+  const open = (reply.body!.sales as { id: number; open: boolean }[]).find((sale) => sale.open);
+  if (open) return { sale: await saleInfo(run.sql, open.id), fresh: false };
+  return { sale: await createFreshSale(run.sql, freshSaleSize), fresh: true };
+}
+
+function tallyFacts(tally: Tally): ScenarioResult['facts'] {
+  return [
+    ['users started', tally.users],
+    ['users who got all they wanted', tally.satisfied],
+    ['items bought', tally.bought],
+    ['items checked out and abandoned', tally.held],
+    ['items lost to another buyer (409)', tally.lost],
+    ['users stopped by the limit (429)', tally.limit],
+    ['failed attempts (errors)', tally.error],
+    ['item pages read', tally.pages],
+  ];
+}
+
+async function flow(run: Run): Promise<ScenarioResult> {
+  const { options } = run;
+  const { sale, fresh } = await openSale(run);
+  const tally = newTally();
+  await run.start(() => `users ${tally.users}/${options.users}  bought ${tally.bought}`);
+  await runLoops(run, options.concurrency, options.users, async (index) => {
+    await run.think();
+    await run.http.call('sales', 'GET', '/sales');
+    const user = { id: `${run.runId}-f${index}`, wants: sale.perUserLimit, abandons: Math.random() < options.abandon };
+    await shop(run, sale, user, tally, { think: true, onBought: () => {} });
+  });
+  return { saleId: sale.id, facts: [['sale', `${sale.id}${fresh ? ' (created: no open sale)' : ''}`], ...tallyFacts(tally)] };
+}
+
+async function stampede(run: Run): Promise<ScenarioResult> {
+  const { options } = run;
+  const sale = await createFreshSale(run.sql, options.items);
+  const tally = newTally();
+  let soldOutMs: number | null = null;
+  let purchases = 0;
+  const onBought = () => {
+    purchases += 1;
+    if (purchases === sale.size) {
+      soldOutMs = run.recorder.elapsedMs();
+      run.stop(`sold out: ${sale.size} purchases`);
+    }
+  };
+  await run.start(() => `sold ${tally.bought}/${sale.size}  users ${tally.users}`);
+  await runLoops(run, options.concurrency, options.users, async (index) => {
+    const user = { id: `${run.runId}-s${index}`, wants: randomInt(1, sale.perUserLimit + 1), abandons: false };
+    await shop(run, sale, user, tally, { think: false, onBought });
+  });
+  return {
+    saleId: sale.id,
+    fullSaleId: sale.id,
+    facts: [
+      ['sale', `${sale.id} (fresh, ${sale.size} items, ids ${sale.firstItemId}-${sale.lastItemId})`],
+      ['time to sell out (s)', soldOutMs === null ? null : Number(((soldOutMs as number) / 1000).toFixed(3))],
+      ...tallyFacts(tally),
+      ['users who never started (sold out first)', options.users - tally.users],
+    ],
+  };
+}
+
+async function checkoutOnly(run: Run): Promise<ScenarioResult> {
+  const { options } = run;
+  const { sale, fresh } = await openSale(run);
+  const ids = await availableItemIds(run.sql, sale.id);
+  if (ids.length === 0) throw new Error(`sale ${sale.id} has no available items`);
+  await run.start();
+  await runLoops(run, options.concurrency, maxTasks, async (index) => {
+    const itemId = ids[randomInt(ids.length)]!;
+    await run.http.call('checkout', 'POST', `/checkout?user_id=${run.runId}-c${index % options.users}&id=${itemId}`);
+  });
+  return { saleId: sale.id, facts: [['sale', `${sale.id}${fresh ? ' (created: no open sale)' : ''}`], ['items checked out at random', ids.length]] };
+}
+
+async function purchaseOnly(run: Run): Promise<ScenarioResult> {
+  const { options } = run;
+  const sale = await createFreshSale(run.sql, options.items);
+  const ids = await availableItemIds(run.sql, sale.id);
+  const codes = await preIssueCodes(run.sql, sale, ids, options.codes, run.runId);
+  let used = 0;
+  await run.start(() => `codes ${used}/${codes.length}`);
+  await runLoops(run, options.concurrency, codes.length, async (index) => {
+    used += 1;
+    await run.http.call('purchase', 'POST', `/purchase?code=${codes[index]}`);
+  });
+  if (used === codes.length) run.stop(`all ${codes.length} codes used`);
+  return {
+    saleId: sale.id,
+    facts: [
+      ['sale', `${sale.id} (fresh, ${sale.size} items)`],
+      ['codes pre-issued in SQL', codes.length],
+      ['codes used', used],
+    ],
+  };
+}
+
+export const scenarios: Record<ScenarioName, (run: Run) => Promise<ScenarioResult>> = {
+  flow,
+  stampede,
+  'checkout-only': checkoutOnly,
+  'purchase-only': purchaseOnly,
+};
