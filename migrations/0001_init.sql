@@ -37,15 +37,19 @@ create table sale_buyers (
 create table checkout_attempts (
   id         bigint generated always as identity primary key,
   created_at timestamptz not null default now(),
-  outcome    text not null check (outcome in ('issued', 'item_sold', 'item_unknown', 'bad_request')),
+  outcome    text not null check (outcome in ('issued', 'item_sold', 'item_unknown', 'bad_request', 'rate_limited')),
   user_id    text,
   item_id    bigint,
   sale_id    bigint references sales (id),
-  code       text unique,
+  code       text,
+  -- Codes are found by their SHA-256, never by their text: index comparisons then say nothing about
+  -- how close a guessed code came to a real one.
+  code_hash  bytea unique,
   expires_at timestamptz,
   -- The raw query of a refused request, cut short: what the client sent, for the record.
   detail     text,
-  check ((outcome = 'issued') = (code is not null) and (code is null) = (expires_at is null))
+  check ((outcome = 'issued') = (code is not null) and (code is null) = (expires_at is null)
+         and (code is null) = (code_hash is null))
 );
 
 -- The start of the sale interval that holds `at`, counted from the Unix epoch in UTC.
@@ -90,9 +94,10 @@ $$;
 create function checkout(p_user_id text, p_item_id bigint, p_code text, p_ttl_seconds integer)
 returns table (outcome text, sale_id bigint, code text, expires_at timestamptz)
 language sql as $$
-  insert into checkout_attempts (outcome, user_id, item_id, sale_id, code, expires_at)
+  insert into checkout_attempts (outcome, user_id, item_id, sale_id, code, code_hash, expires_at)
   select o.outcome, p_user_id, p_item_id, i.sale_id,
          case when o.outcome = 'issued' then p_code end,
+         case when o.outcome = 'issued' then sha256(convert_to(p_code, 'UTF8')) end,
          case when o.outcome = 'issued' then now() + make_interval(secs => p_ttl_seconds) end
   from (select 1) as one
   left join items i on i.id = p_item_id
@@ -119,7 +124,7 @@ declare
 begin
   select c.user_id, c.item_id, c.sale_id, c.expires_at, s.per_user_limit into attempt
   from checkout_attempts c join sales s on s.id = c.sale_id
-  where c.code = p_code;
+  where c.code_hash = sha256(convert_to(p_code, 'UTF8'));
   if not found then
     return query select 'code_unknown', null::bigint, null::bigint, null::text, null::timestamptz, null::integer, null::integer, null::text[];
     return;

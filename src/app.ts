@@ -6,9 +6,10 @@ import fastifySwaggerUi from '@fastify/swagger-ui';
 import Fastify, { LogController, type FastifyError, type FastifyRequest } from 'fastify';
 import type { Config } from './config.ts';
 import { AppError, errorStatus, type ErrorCode } from './errors.ts';
+import { registerRateLimits } from './limits.ts';
 import { createMetrics } from './metrics.ts';
 import { registerRoutes, type Deps } from './routes.ts';
-import { recordBadCheckout } from './store.ts';
+import { recordRefusedCheckout } from './store.ts';
 
 // postgres.js and PostgreSQL codes that mean "the database is out of reach", not "the query is wrong".
 const unavailableCodes = new Set([
@@ -43,6 +44,11 @@ function toReply(error: FastifyError | AppError | Error): Reply {
   return { status: 500, error: 'internal', message: 'Something went wrong on our side' };
 }
 
+// item_unknown and item_sold were recorded by the checkout statement itself.
+function decidedByCheckout(error: Error): boolean {
+  return error instanceof AppError && (error.code === 'item_unknown' || error.code === 'item_sold');
+}
+
 // What the client sent, for the record of a refused checkout: NUL bytes are not text to PostgreSQL.
 function rawCheckout(request: FastifyRequest) {
   const query = request.query as Record<string, unknown> | undefined;
@@ -61,11 +67,23 @@ export function buildApp(config: Config, deps: Pick<Deps, 'sql' | 'cache'>) {
     bodyLimit: 1024,
     // Long path parameters must reach the schema (a 400), not miss the route (a 404).
     routerOptions: { maxParamLength: 1024 },
-    requestTimeout: 10_000,
-    connectionTimeout: 10_000,
+    trustProxy: config.trustProxy,
+    requestTimeout: config.requestTimeoutMs,
+    connectionTimeout: config.requestTimeoutMs,
+    keepAliveTimeout: 5_000,
     // While draining, requests already on an open connection are still served (with `Connection: close`):
     // nothing a client sent is dropped; new connections are refused by the closed listener.
     return503OnClosing: false,
+  });
+
+  // Draining: Fastify closes only idle connections, and a response to a request in flight at SIGTERM
+  // would keep its keep-alive connection open past the grace period. Tell every client to hang up.
+  let closing = false;
+  app.addHook('preClose', async () => {
+    closing = true;
+  });
+  app.addHook('onSend', async (_request, reply) => {
+    if (closing) reply.header('connection', 'close');
   });
 
   const metrics = createMetrics({ sql: deps.sql, cache: deps.cache, databasePoolMax: config.databasePoolMax });
@@ -75,11 +93,12 @@ export function buildApp(config: Config, deps: Pick<Deps, 'sql' | 'cache'>) {
 
   app.setErrorHandler(async (error: FastifyError, request, reply) => {
     let response = toReply(error);
-    // A checkout refused before its handler ran (bad parameters) is still an attempt to record.
-    if (request.routeOptions.url === '/checkout' && response.status < 500 && !(error instanceof AppError)) {
+    // A checkout refused before the checkout statement ran (bad parameters, rate limit) is still an attempt.
+    if (request.routeOptions.url === '/checkout' && response.status < 500 && !decidedByCheckout(error)) {
+      const outcome = response.error === 'rate_limited' ? 'rate_limited' : 'bad_request';
       try {
-        await recordBadCheckout(deps.sql, rawCheckout(request));
-        metrics.checkout('bad_request');
+        await recordRefusedCheckout(deps.sql, { ...rawCheckout(request), outcome });
+        metrics.checkout(outcome);
       } catch (recordError) {
         response = toReply(recordError as Error);
       }
@@ -104,14 +123,16 @@ export function buildApp(config: Config, deps: Pick<Deps, 'sql' | 'cache'>) {
   app.register(fastifySwaggerUi, { routePrefix: '/docs' });
   // The storefront: static files, revalidated on every load (they are small and change with deploys).
   app.register(fastifyStatic, { root: publicDir, cacheControl: true, maxAge: 0, etag: true, lastModified: true });
-  app.register(async (instance) =>
+  // The rate limits' hooks and the routes share one plugin context, so the hooks see every route.
+  app.register(async (instance) => {
+    if (config.rateLimit) await registerRateLimits(instance, deps.cache, config.rateLimit);
     registerRoutes(instance, {
       ...deps,
       metrics,
       rules: { saleIntervalSeconds: config.saleIntervalSeconds, saleSize: config.saleSize, perUserLimit: config.perUserLimit },
       codeTtlSeconds: config.codeTtlSeconds,
       healthTimeoutMs: config.healthTimeoutMs,
-    }),
-  );
+    });
+  });
   return app;
 }

@@ -26,6 +26,20 @@ return {'limit', item, max}`;
 
 const soldTtlSeconds = 7 * 24 * 3600;
 
+// A fixed-window counter: the first hit of a window sets its expiry.
+const countScript = `
+local current = redis.call('INCR', KEYS[1])
+if current == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return {current, redis.call('PTTL', KEYS[1])}`;
+
+const readCountScript = `
+local current = redis.call('GET', KEYS[1])
+if not current then return {0, 0} end
+return {tonumber(current), redis.call('PTTL', KEYS[1])}`;
+
+type Count = { current: number; ttl: number };
+type CountCallback = (error: Error | null, count: Count | null) => void;
+
 export type Cache = ReturnType<typeof createCache>;
 
 export function createCache(options: { url: string; keyPrefix: string; timeoutMs: number; onError: (error: Error) => void }) {
@@ -99,6 +113,26 @@ export function createCache(options: { url: string; keyPrefix: string; timeoutMs
     rememberLimit(saleId: number, userId: string, perUserLimit: number, boughtCodes: string[]): void {
       const value = `${perUserLimit}|${boughtCodes.join(',')}`;
       void quietly(() => client.set(`${prefix}limit:${saleId}:${userId}`, value, { EX: soldTtlSeconds }));
+    },
+
+    // A store for @fastify/rate-limit, shared by every instance. With Redis down or slow it reports an
+    // error, and the limiter (skipOnError) lets the request through: limits degrade open, not closed.
+    rateLimitStore() {
+      const count = (script: string, key: string, windowMs: number, callback: CountCallback) => {
+        void quietly(() => client.eval(script, { keys: [`${prefix}rate:${key}`], arguments: [String(windowMs)] })).then(
+          (reply) => {
+            if (!Array.isArray(reply)) return callback(new Error('rate limit store unavailable'), null);
+            const [current, ttl] = reply as [number, number];
+            callback(null, { current, ttl: Math.max(ttl, 0) });
+          },
+        );
+      };
+      const store = {
+        incr: (key: string, callback: CountCallback, windowMs: number) => count(countScript, key, windowMs, callback),
+        read: (key: string, callback: CountCallback, windowMs: number) => count(readCountScript, key, windowMs, callback),
+        child: () => store,
+      };
+      return store;
     },
 
     async purchaseShortcut(code: string): Promise<Shortcut | null> {

@@ -16,6 +16,9 @@ export type Config = Readonly<{
   redisTimeoutMs: number;
   healthTimeoutMs: number;
   shutdownGraceMs: number;
+  requestTimeoutMs: number;
+  trustProxy: boolean;
+  rateLimit: { windowMs: number; addressMax: number; userMax: number; badCodeMax: number } | null;
 }>;
 
 export class ConfigError extends Error {}
@@ -46,6 +49,14 @@ function url(env: Env, name: string, fallback: string, protocols: string[]): str
   return raw;
 }
 
+function flag(env: Env, name: string, fallback: boolean): boolean {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  if (['1', 'true', 'on', 'yes'].includes(raw)) return true;
+  if (['0', 'false', 'off', 'no'].includes(raw)) return false;
+  throw new ConfigError(`${name} must be on or off, got "${raw}"`);
+}
+
 const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
 export function loadConfig(env: Env = process.env): Config {
@@ -64,10 +75,22 @@ export function loadConfig(env: Env = process.env): Config {
     saleIntervalSeconds: integer(env, 'SALE_INTERVAL', 3600, 1, 366 * 24 * 3600),
     codeTtlSeconds: integer(env, 'CODE_TTL', 600, 1, 7 * 24 * 3600),
     logLevel,
-    logRequests: env.LOG_REQUESTS === 'true' || env.LOG_REQUESTS === '1',
+    logRequests: flag(env, 'LOG_REQUESTS', false),
     databasePoolMax: integer(env, 'DATABASE_POOL_MAX', 16, 1, 1000),
     redisTimeoutMs: integer(env, 'REDIS_TIMEOUT_MS', 100, 1, 60_000),
     healthTimeoutMs: integer(env, 'HEALTH_TIMEOUT_MS', 1000, 1, 60_000),
     shutdownGraceMs: integer(env, 'SHUTDOWN_GRACE_MS', 10_000, 0, 600_000),
+    // A client gets this long to send its whole request: slow clients cannot hold connections open.
+    requestTimeoutMs: integer(env, 'REQUEST_TIMEOUT_MS', 10_000, 100, 600_000),
+    // Behind a load balancer, the client's address comes from X-Forwarded-For: only trust it there.
+    trustProxy: flag(env, 'TRUST_PROXY', false),
+    rateLimit: flag(env, 'RATE_LIMIT', true)
+      ? {
+          windowMs: integer(env, 'RATE_LIMIT_WINDOW_MS', 10_000, 100, 3_600_000),
+          addressMax: integer(env, 'RATE_LIMIT_ADDRESS_MAX', 1000, 1, 10_000_000),
+          userMax: integer(env, 'RATE_LIMIT_USER_MAX', 50, 1, 10_000_000),
+          badCodeMax: integer(env, 'RATE_LIMIT_BAD_CODE_MAX', 20, 1, 10_000_000),
+        }
+      : null,
   });
 }

@@ -11,6 +11,7 @@ export const errorStatus = {
   code_expired: 410,
   // 429 keeps the reference service's clients working; the `error` field tells it from rate limiting.
   limit_reached: 429,
+  rate_limited: 429,
   database_unavailable: 503,
   internal: 500,
 } as const;

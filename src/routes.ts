@@ -71,12 +71,15 @@ export function registerRoutes(app: FastifyInstance, deps: Deps): void {
     };
   });
 
-  app.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {
+  // Probes and scrapes are never rate limited.
+  const unlimited = { rateLimit: false };
+
+  app.get('/metrics', { schema: { hide: true }, config: unlimited }, async (_request, reply) => {
     const body = await deps.metrics.registry.metrics();
     return reply.type(deps.metrics.registry.contentType).send(body);
   });
 
-  app.get('/health', { schema: schemas.healthSchema }, async (_request, reply) => {
+  app.get('/health', { schema: schemas.healthSchema, config: unlimited }, async (_request, reply) => {
     const [database, redis] = await Promise.all([
       withTimeout(store.ping(deps.sql), deps.healthTimeoutMs),
       withTimeout(deps.cache.ping(), deps.healthTimeoutMs),

@@ -20,10 +20,13 @@ export async function checkout(sql: Sql, userId: string, itemId: number, code: s
 }
 
 // A refused request is still an attempt: keep what the client sent, cut to a readable length.
-export async function recordBadCheckout(sql: Sql, attempt: { userId: string | null; itemId: number | null; detail: string }) {
+export async function recordRefusedCheckout(
+  sql: Sql,
+  attempt: { outcome: 'bad_request' | 'rate_limited'; userId: string | null; itemId: number | null; detail: string },
+) {
   await sql`
     insert into checkout_attempts (outcome, user_id, item_id, detail)
-    values ('bad_request', ${attempt.userId}, ${attempt.itemId}, ${attempt.detail})`;
+    values (${attempt.outcome}, ${attempt.userId}, ${attempt.itemId}, ${attempt.detail})`;
 }
 
 export type PurchaseOutcome = 'purchased' | 'replayed' | 'code_unknown' | 'code_expired' | 'item_sold' | 'limit_reached';

@@ -50,6 +50,8 @@ export function testEnv(database: TestDatabase, prefix: string, overrides: Recor
     REDIS_KEY_PREFIX: prefix,
     LOG_LEVEL: 'warn',
     HOST: '127.0.0.1',
+    // Tests send thousands of requests from one address; test/abuse.test.ts turns the limits on.
+    RATE_LIMIT: 'off',
     ...overrides,
   };
 }

@@ -1,0 +1,133 @@
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import {
+  createDatabase, currentSaleId, dropRedisPrefix, freePort, startApp, uniquePrefix, type TestApp, type TestDatabase,
+} from './helpers.ts';
+
+let database: TestDatabase;
+let saleId: number;
+const prefixes: string[] = [];
+const apps: TestApp[] = [];
+
+before(async () => {
+  database = await createDatabase();
+  saleId = await currentSaleId(database.sql);
+});
+after(async () => {
+  for (const app of apps) await app.close();
+  await database.drop();
+  for (const prefix of prefixes) await dropRedisPrefix(prefix);
+});
+
+async function limitedApp(overrides: Record<string, string>, prefix = uniquePrefix()): Promise<TestApp> {
+  prefixes.push(prefix);
+  const app = await startApp(database, prefix, { RATE_LIMIT: 'on', ...overrides });
+  apps.push(app);
+  await waitForRedis(app);
+  return app;
+}
+
+async function waitForRedis(app: TestApp): Promise<void> {
+  for (let attempt = 0; attempt < 50; attempt += 1) {
+    if ((await app.app.inject({ method: 'GET', url: '/health' })).json().redis === 'ok') return;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+let nextItem = 0;
+async function freshItem(): Promise<number> {
+  const [row] = await database.sql<{ id: number }[]>`
+    select id from items where sale_id = ${saleId} and buyer_id is null and id > ${nextItem} order by id limit 1`;
+  nextItem = row!.id;
+  return row!.id;
+}
+
+function assertLimited(response: { statusCode: number; headers: Record<string, unknown>; json: () => unknown }) {
+  assert.equal(response.statusCode, 429);
+  assert.equal((response.json() as { error: string }).error, 'rate_limited');
+  assert.ok(Number(response.headers['retry-after']) >= 1, 'Retry-After says when to come back');
+}
+
+test('requests per client address are limited across instances, with 429 and Retry-After', async () => {
+  const prefix = uniquePrefix();
+  const first = await limitedApp({ RATE_LIMIT_ADDRESS_MAX: '6' }, prefix);
+  const second = await limitedApp({ RATE_LIMIT_ADDRESS_MAX: '6' }, prefix);
+  for (const app of [first, second, first, second, first, second]) {
+    assert.equal((await app.app.inject({ method: 'GET', url: `/sales/${saleId}` })).statusCode, 200);
+  }
+  assertLimited(await second.app.inject({ method: 'GET', url: `/sales/${saleId}` }));
+  assertLimited(await first.app.inject({ method: 'GET', url: `/sales/${saleId}` }));
+  // Another address has its own budget.
+  const other = await first.app.inject({ method: 'GET', url: `/sales/${saleId}`, remoteAddress: '10.0.0.7' });
+  assert.equal(other.statusCode, 200);
+});
+
+test('checkouts per user are limited, and a limited checkout is still recorded', async () => {
+  const app = await limitedApp({ RATE_LIMIT_USER_MAX: '3' });
+  for (let index = 0; index < 3; index += 1) {
+    const reply = await app.app.inject({ method: 'POST', url: `/checkout?user_id=eager&id=${await freshItem()}` });
+    assert.equal(reply.statusCode, 200);
+  }
+  const item = await freshItem();
+  assertLimited(await app.app.inject({ method: 'POST', url: `/checkout?user_id=eager&id=${item}` }));
+  const [row] = await database.sql<{ outcome: string; userId: string; itemId: number }[]>`
+    select outcome, user_id as "userId", item_id as "itemId" from checkout_attempts order by id desc limit 1`;
+  assert.deepEqual(row, { outcome: 'rate_limited', userId: 'eager', itemId: item });
+  const calm = await app.app.inject({ method: 'POST', url: `/checkout?user_id=calm&id=${item}` });
+  assert.equal(calm.statusCode, 200, 'another user is not slowed');
+});
+
+test('a burst of unknown codes from one address is limited; real codes before it are not', async () => {
+  const app = await limitedApp({ RATE_LIMIT_BAD_CODE_MAX: '3' });
+  const checkout = await app.app.inject({ method: 'POST', url: `/checkout?user_id=honest&id=${await freshItem()}` });
+  for (let index = 0; index < 10; index += 1) {
+    const reply = await app.app.inject({ method: 'POST', url: `/purchase?code=${'A'.repeat(21)}${index}` });
+    assert.equal(reply.statusCode, index < 3 ? 404 : 429, `guess ${index}`);
+  }
+  assertLimited(await app.app.inject({ method: 'POST', url: `/purchase?code=${checkout.json().code}` }));
+  const elsewhere = await app.app.inject({ method: 'POST', url: `/purchase?code=${checkout.json().code}`, remoteAddress: '10.0.0.8' });
+  assert.equal(elsewhere.statusCode, 200, 'the guesser is limited, not the code');
+});
+
+test('with Redis unreachable the limits let requests through (degrade open)', async () => {
+  const app = await startApp(database, uniquePrefix(), {
+    RATE_LIMIT: 'on', RATE_LIMIT_ADDRESS_MAX: '1', RATE_LIMIT_USER_MAX: '1', REDIS_URL: `redis://127.0.0.1:${await freePort()}`,
+  });
+  apps.push(app);
+  for (let index = 0; index < 3; index += 1) {
+    const reply = await app.app.inject({ method: 'POST', url: `/checkout?user_id=open&id=${await freshItem()}` });
+    assert.equal(reply.statusCode, 200);
+  }
+});
+
+test('RATE_LIMIT=off switches every limit off', async () => {
+  const app = await startApp(database, uniquePrefix(), { RATE_LIMIT: 'off', RATE_LIMIT_ADDRESS_MAX: '1' });
+  apps.push(app);
+  for (let index = 0; index < 3; index += 1) {
+    const reply = await app.app.inject({ method: 'GET', url: `/sales/${saleId}` });
+    assert.equal(reply.statusCode, 200);
+    assert.equal(reply.headers['x-ratelimit-limit'], undefined);
+  }
+});
+
+test('a client that sends its request too slowly is cut off at REQUEST_TIMEOUT_MS', async () => {
+  const { startInstance, testEnv } = await import('./helpers.ts');
+  const { connect } = await import('node:net');
+  const prefix = uniquePrefix();
+  prefixes.push(prefix);
+  const instance = await startInstance(testEnv(database, prefix, { REQUEST_TIMEOUT_MS: '1000' }));
+  try {
+    const socket = connect(instance.port, '127.0.0.1');
+    socket.write('POST /checkout?user_id=slow&id=1 HTTP/1.1\r\nHost: x\r\n'); // headers never finish
+    let answer = '';
+    socket.on('data', (chunk) => (answer += chunk));
+    const started = Date.now();
+    await new Promise((resolve) => socket.once('close', resolve));
+    const elapsed = Date.now() - started;
+    assert.ok(elapsed < 5000, `closed after ${elapsed} ms`);
+    // The idle socket timeout usually strikes first (a bare close); Node's request timeout answers 408.
+    assert.ok(answer === '' || /^HTTP\/1\.1 408/.test(answer), answer);
+  } finally {
+    await instance.stop();
+  }
+});
