@@ -3,7 +3,7 @@ import { fileURLToPath } from 'node:url';
 import fastifyStatic from '@fastify/static';
 import fastifySwagger from '@fastify/swagger';
 import fastifySwaggerUi from '@fastify/swagger-ui';
-import Fastify, { LogController, type FastifyError, type FastifyRequest } from 'fastify';
+import Fastify, { LogController, type FastifyError, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Config } from './config.ts';
 import { AppError, errorStatus, type ErrorCode } from './errors.ts';
 import { registerRateLimits } from './limits.ts';
@@ -65,8 +65,13 @@ export function buildApp(config: Config, deps: Pick<Deps, 'sql' | 'cache'>) {
     // A line per request costs a visible share of throughput: off unless LOG_REQUESTS asks for it.
     logController: new LogController({ disableRequestLogging: !config.logRequests }),
     bodyLimit: 1024,
-    // Long path parameters must reach the schema (a 400), not miss the route (a 404).
-    routerOptions: { maxParamLength: 1024 },
+    // Long path parameters must reach the schema (a 400), not miss the route (a 404): as long as a URL may be.
+    routerOptions: { maxParamLength: 16_384 },
+    // The router's own refusals (a malformed URL such as /items/%FF) answer in our error format.
+    frameworkErrors: (error, _request, reply) => {
+      const response = toReply(error);
+      void (reply as FastifyReply).code(response.status).send({ error: response.error, message: response.message });
+    },
     trustProxy: config.trustProxy,
     requestTimeout: config.requestTimeoutMs,
     connectionTimeout: config.requestTimeoutMs,

@@ -88,10 +88,10 @@ export function registerRoutes(app: FastifyInstance, deps: Deps): void {
     return reply.code(ok ? 200 : 503).send({ status: ok ? 'ok' : 'error', database, redis });
   });
 
-  app.get<{ Querystring: { latest: number } }>('/sales', { schema: schemas.salesSchema }, async (request) => {
+  app.get<{ Querystring: { latest: string } }>('/sales', { schema: schemas.salesSchema }, async (request) => {
     // Lazily creates the current sale, so a request never waits for an instance's timer.
     const current = await store.ensureCurrentSale(deps.sql, deps.rules);
-    const sales = await store.listSales(deps.sql, request.query.latest);
+    const sales = await store.listSales(deps.sql, Number(request.query.latest));
     return { sales: sales.map(saleView), next_sale_at: current.nextStartsAt.toISOString() };
   });
 
@@ -101,16 +101,17 @@ export function registerRoutes(app: FastifyInstance, deps: Deps): void {
     return saleView(sale);
   });
 
-  app.get<IdParams & { Querystring: { available: boolean; limit: number; after: number } }>(
+  app.get<IdParams & { Querystring: { available: boolean; limit: string; after: string } }>(
     '/sales/:id/items',
     { schema: schemas.saleItemsSchema },
     async (request) => {
       const saleId = Number(request.params.id);
-      const items = await store.listItems(deps.sql, saleId, request.query);
+      const page = { available: request.query.available, limit: Number(request.query.limit), after: Number(request.query.after) };
+      const items = await store.listItems(deps.sql, saleId, page);
       if (items.length === 0 && !(await store.getSale(deps.sql, saleId))) {
         throw new AppError('not_found', `Sale ${saleId} does not exist`);
       }
-      const full = items.length === request.query.limit;
+      const full = items.length === page.limit;
       return { items: items.map(itemView), next_after: full ? items.at(-1)!.id : null };
     },
   );

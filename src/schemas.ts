@@ -1,8 +1,18 @@
 // Request and response schemas of every route: Fastify validates the first and compiles the second.
 
-const userId = { type: 'string', pattern: '^[A-Za-z0-9_.:@-]{1,64}$', description: 'Letters, digits and _ . : @ -, up to 64' } as const;
+// Not dots alone: "." and ".." vanish from a URL path, so such a user could never be addressed.
+const userId = {
+  type: 'string',
+  pattern: '^(?!\\.+$)[A-Za-z0-9_.:@-]{1,64}$',
+  description: 'Letters, digits and _ . : @ -, up to 64, not only dots',
+} as const;
 // Ids are strings of digits in the query, converted by the handler: no "1e3", " 7" or "0x10" slips through.
 const id = { type: 'string', pattern: '^[1-9][0-9]{0,14}$', description: 'A positive whole number' } as const;
+// Whole numbers in a range, as strings of digits matched by a pattern: Ajv's number coercion would let
+// "1e309" (Infinity), " 5" or "0x10" through. The handlers convert them.
+const digits = (pattern: string, fallback: number, description: string) =>
+  ({ type: 'string', pattern, default: String(fallback), description }) as const;
+
 const timestamp = { type: 'string', format: 'date-time' } as const;
 
 const error = {
@@ -100,7 +110,7 @@ export const salesSchema = {
   tags: ['browse'],
   querystring: {
     type: 'object',
-    properties: { latest: { type: 'integer', minimum: 1, maximum: 100, default: 5, description: 'Recent sales to list besides the open ones' } },
+    properties: { latest: digits('^(100|[1-9][0-9]?)$', 5, 'Recent sales to list besides the open ones, 1 to 100') },
   },
   response: {
     200: {
@@ -127,8 +137,8 @@ export const saleItemsSchema = {
     type: 'object',
     properties: {
       available: { type: 'boolean', default: false, description: 'Only items not yet sold' },
-      limit: { type: 'integer', minimum: 1, maximum: 500, default: 100 },
-      after: { type: 'integer', minimum: 0, maximum: Number.MAX_SAFE_INTEGER, default: 0, description: 'The last item id of the previous page' },
+      limit: digits('^(500|[1-4][0-9]{2}|[1-9][0-9]?)$', 100, 'Items per page, 1 to 500'),
+      after: digits('^(0|[1-9][0-9]{0,14})$', 0, 'The last item id of the previous page'),
     },
   },
   response: {
