@@ -60,6 +60,7 @@ function rawCheckout(request: FastifyRequest) {
 const publicDir = fileURLToPath(new URL('../public/', import.meta.url));
 
 export function buildApp(config: Config, deps: Pick<Deps, 'sql' | 'cache'>) {
+  const hops = Number(config.trustProxy);
   const app = Fastify({
     logger: { level: config.logLevel },
     // A line per request costs a visible share of throughput: off unless LOG_REQUESTS asks for it.
@@ -72,7 +73,7 @@ export function buildApp(config: Config, deps: Pick<Deps, 'sql' | 'cache'>) {
       const response = toReply(error);
       void (reply as FastifyReply).code(response.status).send({ error: response.error, message: response.message });
     },
-    trustProxy: config.trustProxy,
+    trustProxy: typeof config.trustProxy === 'number' ? (_address: string, hop: number) => hop < hops : config.trustProxy,
     requestTimeout: config.requestTimeoutMs,
     connectionTimeout: config.requestTimeoutMs,
     keepAliveTimeout: 5_000,

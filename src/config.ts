@@ -17,7 +17,7 @@ export type Config = Readonly<{
   healthTimeoutMs: number;
   shutdownGraceMs: number;
   requestTimeoutMs: number;
-  trustProxy: boolean;
+  trustProxy: boolean | number;
   rateLimit: { windowMs: number; addressMax: number; userMax: number; badCodeMax: number } | null;
 }>;
 
@@ -82,8 +82,9 @@ export function loadConfig(env: Env = process.env): Config {
     shutdownGraceMs: integer(env, 'SHUTDOWN_GRACE_MS', 10_000, 0, 600_000),
     // A client gets this long to send its whole request: slow clients cannot hold connections open.
     requestTimeoutMs: integer(env, 'REQUEST_TIMEOUT_MS', 10_000, 100, 600_000),
-    // Behind a load balancer, the client's address comes from X-Forwarded-For: only trust it there.
-    trustProxy: flag(env, 'TRUST_PROXY', false),
+    // Behind a load balancer, the client's address comes from X-Forwarded-For: a number of proxy hops to
+    // trust (1 behind one nginx; more would let clients forge their address), or on/off.
+    trustProxy: /^\d+$/.test(env.TRUST_PROXY ?? '') ? integer(env, 'TRUST_PROXY', 0, 0, 10) : flag(env, 'TRUST_PROXY', false),
     rateLimit: flag(env, 'RATE_LIMIT', true)
       ? {
           windowMs: integer(env, 'RATE_LIMIT_WINDOW_MS', 10_000, 100, 3_600_000),
