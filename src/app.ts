@@ -1,4 +1,5 @@
 // Builds the Fastify application with every route and the one error boundary. Never listens.
+import { randomUUID } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import fastifyStatic from '@fastify/static';
 import fastifySwagger from '@fastify/swagger';
@@ -65,6 +66,9 @@ export function buildApp(config: Config, deps: Pick<Deps, 'sql' | 'cache'>) {
     logger: { level: config.logLevel },
     // A line per request costs a visible share of throughput: off unless LOG_REQUESTS asks for it.
     logController: new LogController({ disableRequestLogging: !config.logRequests }),
+    // Every log line of a request carries its id (reqId): the caller's X-Request-Id, or a fresh one.
+    requestIdHeader: 'x-request-id',
+    genReqId: () => randomUUID(),
     bodyLimit: 1024,
     // Long path parameters must reach the schema (a 400), not miss the route (a 404): as long as a URL may be.
     routerOptions: { maxParamLength: 16_384 },
@@ -88,7 +92,8 @@ export function buildApp(config: Config, deps: Pick<Deps, 'sql' | 'cache'>) {
   app.addHook('preClose', async () => {
     closing = true;
   });
-  app.addHook('onSend', async (_request, reply) => {
+  app.addHook('onSend', async (request, reply) => {
+    reply.header('x-request-id', request.id);
     if (closing) reply.header('connection', 'close');
   });
 

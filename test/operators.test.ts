@@ -62,3 +62,32 @@ test('the OpenAPI description lists exactly the endpoints the README documents',
   assert.equal(ui.statusCode, 200);
   assert.match(ui.body, /swagger/i);
 });
+
+test('every log line of a request carries its request id, which the response echoes', async () => {
+  const { startInstance, testEnv } = await import('./helpers.ts');
+  const instance = await startInstance(testEnv(database, uniquePrefix(), { LOG_LEVEL: 'info', LOG_REQUESTS: 'on' }));
+  try {
+    const given = await fetch(`${instance.url}/sales`, { headers: { 'x-request-id': 'trace-me-42' } });
+    assert.equal(given.headers.get('x-request-id'), 'trace-me-42');
+    const fresh = await fetch(`${instance.url}/sales`);
+    assert.match(fresh.headers.get('x-request-id') ?? '', /^[0-9a-f-]{36}$/);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const lines = instance.output().split('\n').filter((line) => line.includes('trace-me-42'));
+    assert.ok(lines.length >= 2, 'the incoming and the completed line');
+    for (const line of lines) assert.equal(JSON.parse(line).reqId, 'trace-me-42');
+  } finally {
+    await instance.stop();
+  }
+});
+
+test('without LOG_REQUESTS there is no log line per request at info', async () => {
+  const { startInstance, testEnv } = await import('./helpers.ts');
+  const instance = await startInstance(testEnv(database, uniquePrefix(), { LOG_LEVEL: 'info' }));
+  try {
+    await fetch(`${instance.url}/sales`, { headers: { 'x-request-id': 'quiet-please' } });
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    assert.equal(instance.output().includes('quiet-please'), false);
+  } finally {
+    await instance.stop();
+  }
+});
