@@ -63,8 +63,8 @@ export async function preIssueCodes(sql: Sql, sale: SaleInfo, itemIds: number[],
       batch.items.push(itemIds[i % itemIds.length]!);
     }
     await sql`
-      insert into checkout_attempts (outcome, user_id, item_id, sale_id, code, expires_at)
-      select 'issued', u, i, ${sale.id}, c, now() + ${codeTtl}::interval
+      insert into checkout_attempts (outcome, user_id, item_id, sale_id, code, code_hash, expires_at)
+      select 'issued', u, i, ${sale.id}, c, sha256(convert_to(c, 'UTF8')), now() + ${codeTtl}::interval
       from unnest(${sql.array(batch.users)}::text[], ${sql.array(batch.items)}::bigint[], ${sql.array(batch.codes)}::text[]) as t(u, i, c)`;
     codes.push(...batch.codes);
   }

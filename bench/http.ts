@@ -57,10 +57,11 @@ export class Http {
     }));
   }
 
-  async call(endpoint: Endpoint, method: 'GET' | 'POST', path: string): Promise<Reply> {
+  // dueAt: when a paced (open-loop) request was due; its latency counts from then, not from when it left.
+  async call(endpoint: Endpoint, method: 'GET' | 'POST', path: string, dueAt?: number): Promise<Reply> {
     const pool = this.pools[this.next]!;
     this.next = (this.next + 1) % this.pools.length;
-    const start = performance.now();
+    const start = dueAt ?? performance.now();
     this.inFlight += 1;
     try {
       const response = await pool.request({ method, path });

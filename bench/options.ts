@@ -16,6 +16,8 @@ export type Options = {
   codes: number;
   thinkMs: [number, number];
   abandon: number;
+  // checkout-only and purchase-only: requests per second sent on a fixed schedule (open loop); null: as fast as answered
+  rate: number | null;
   out: string;
 };
 
@@ -37,6 +39,9 @@ export const usage = `usage: node bench/load.ts <${scenarioNames.join('|')}> [op
                          (default --items; more than --items adds item_sold refusals)
   --think-ms MIN-MAX     flow: think time between steps (default 10-100)
   --abandon F            flow: share of users who check out and never buy (default 0.2)
+  --rate N               checkout-only, purchase-only: send N requests per second on a fixed schedule
+                         (open loop: latency counts from when each request was due, so queueing shows)
+                         instead of as fast as the answers come back
   --out DIR              where <scenario>.json and <scenario>.html go (default bench/results)`;
 
 const defaults: Record<ScenarioName, { durationS: number; users: number; items: number }> = {
@@ -96,6 +101,7 @@ export function parseOptions(argv: string[]): Options | 'help' {
       codes: { type: 'string' },
       'think-ms': { type: 'string' },
       abandon: { type: 'string' },
+      rate: { type: 'string' },
       out: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -109,6 +115,10 @@ export function parseOptions(argv: string[]): Options | 'help' {
   const urls = targetUrls(values.url);
   const connections = wholeNumber('connections', values.connections, 32, 1, 1000);
   const items = wholeNumber('items', values.items, base.items, 1, 1_000_000);
+  const rate = values.rate === undefined ? null : wholeNumber('rate', values.rate, 0, 1, 1_000_000);
+  if (rate !== null && scenario !== 'checkout-only' && scenario !== 'purchase-only') {
+    throw new UsageError('--rate applies to checkout-only and purchase-only');
+  }
   return {
     scenario,
     urls,
@@ -121,6 +131,7 @@ export function parseOptions(argv: string[]): Options | 'help' {
     codes: wholeNumber('codes', values.codes, items, 1, 1_000_000),
     thinkMs: thinkRange(values['think-ms']),
     abandon: share(values.abandon),
+    rate,
     out: values.out ?? 'bench/results',
   };
 }

@@ -1,4 +1,6 @@
 // One line of progress on stderr: rewritten in place on a terminal, a new line every few seconds otherwise.
+// The measured phase opens with "[label] measuring" and closes with "[label] done ...", so that a
+// supervising process (bench/bench.ts) can tell exactly when it ran.
 import type { Recorder } from './stats.ts';
 
 export type Progress = { stop: () => void };
@@ -15,8 +17,9 @@ export function startProgress(recorder: Recorder, label: string, status: () => s
     lastTotal = recorder.total;
     lastAt = now;
     const extra = status();
-    return `[${label}] ${(now / 1000).toFixed(1)}s  ${Math.round(rate)} req/s  ${recorder.total} requests  ${recorder.errors} errors${extra ? `  ${extra}` : ''}`;
+    return `[${label}]${final ? ' done' : ''} ${(now / 1000).toFixed(1)}s  ${Math.round(rate)} req/s  ${recorder.total} requests  ${recorder.errors} errors${extra ? `  ${extra}` : ''}`;
   };
+  process.stderr.write(`[${label}] measuring\n`);
   const timer = setInterval(() => {
     if (tty) process.stderr.write(`\r${line()}\x1b[K`);
     else process.stderr.write(`${line()}\n`);

@@ -144,13 +144,16 @@ function table(header: string[], rows: (string | number)[][]): string[] {
 export function latencyNote(report: Report): string {
   const { concurrency, connections } = report.options;
   const slots = connections * report.targets.length;
+  if (report.options.rate !== null && report.options.rate !== undefined) {
+    return `Latency: from when a request was due on the fixed schedule of ${report.options.rate} req/s (open loop) to the last byte of its answer, including any wait for one of the ${slots} connections.`;
+  }
   const queueing = concurrency > slots ? `, including any wait for one of the ${slots} connections (concurrency ${concurrency})` : '';
   return `Latency: from sending a request to the last byte of its answer${queueing}.`;
 }
 
 export function textReport(report: Report): string {
   const lines = [
-    `${report.scenario}: ${report.targets.length} instance(s) ${report.targets.join(' ')}, ${report.options.connections} connections each, concurrency ${report.options.concurrency}`,
+    `${report.scenario}: ${report.targets.length} instance(s) ${report.targets.join(' ')}, ${report.options.connections} connections each, ${report.options.rate ? `paced at ${report.options.rate} req/s` : `concurrency ${report.options.concurrency}`}`,
     `${report.durationS} s measured (${report.stopReason ?? 'finished'}), ${num(report.totals.requests)} requests, ${num(report.totals.rps)} req/s, ${report.totals.errors} errors`,
     '',
     ...table(['endpoint', 'outcome', 'kind', 'count', 'req/s'],

@@ -73,3 +73,20 @@ export async function runLoops(run: Run, concurrency: number, total: number, tas
   };
   await Promise.all(Array.from({ length: Math.min(concurrency, total) }, loop));
 }
+
+// Open loop: task `index` is due at start + index / rate, and starts then whether or not earlier tasks
+// have finished (the client's connection pool queues them), until `total` tasks or the run stops.
+export async function runPaced(run: Run, rate: number, total: number, task: (index: number, dueAt: number) => Promise<void>): Promise<void> {
+  const start = performance.now();
+  const pending = new Set<Promise<void>>();
+  let next = 0;
+  while (next < total && !run.shouldStop()) {
+    const due = Math.min(total, Math.floor(((performance.now() - start) * rate) / 1000) + 1);
+    for (; next < due; next += 1) {
+      const promise: Promise<void> = task(next, start + (next * 1000) / rate).finally(() => pending.delete(promise));
+      pending.add(promise);
+    }
+    await sleep(1);
+  }
+  await Promise.all(pending);
+}

@@ -3,7 +3,7 @@
 import { randomInt } from 'node:crypto';
 import { availableItemIds, createFreshSale, preIssueCodes, saleInfo, type SaleInfo } from './database.ts';
 import type { ScenarioName } from './options.ts';
-import { runLoops, type Run, type ScenarioResult } from './run.ts';
+import { runLoops, runPaced, type Run, type ScenarioResult } from './run.ts';
 import { newTally, shop, type Tally } from './shopper.ts';
 
 // Loops that never meet a deadline still end: no scenario sends more than this many tasks.
@@ -76,17 +76,31 @@ async function stampede(run: Run): Promise<ScenarioResult> {
   };
 }
 
+// As fast as the answers come back (closed loops), or paced at --rate requests per second (open loop).
+async function drive(run: Run, total: number, task: (index: number, dueAt?: number) => Promise<void>): Promise<void> {
+  const { rate, concurrency } = run.options;
+  if (rate === null) await runLoops(run, concurrency, total, (index) => task(index));
+  else await runPaced(run, rate, total, task);
+}
+
+function paceFacts(run: Run): ScenarioResult['facts'] {
+  return run.options.rate === null ? [] : [['paced at (req/s)', run.options.rate]];
+}
+
 async function checkoutOnly(run: Run): Promise<ScenarioResult> {
   const { options } = run;
   const { sale, fresh } = await openSale(run);
   const ids = await availableItemIds(run.sql, sale.id);
   if (ids.length === 0) throw new Error(`sale ${sale.id} has no available items`);
   await run.start();
-  await runLoops(run, options.concurrency, maxTasks, async (index) => {
+  await drive(run, maxTasks, async (index, dueAt) => {
     const itemId = ids[randomInt(ids.length)]!;
-    await run.http.call('checkout', 'POST', `/checkout?user_id=${run.runId}-c${index % options.users}&id=${itemId}`);
+    await run.http.call('checkout', 'POST', `/checkout?user_id=${run.runId}-c${index % options.users}&id=${itemId}`, dueAt);
   });
-  return { saleId: sale.id, facts: [['sale', `${sale.id}${fresh ? ' (created: no open sale)' : ''}`], ['items checked out at random', ids.length]] };
+  return {
+    saleId: sale.id,
+    facts: [['sale', `${sale.id}${fresh ? ' (created: no open sale)' : ''}`], ['items checked out at random', ids.length], ...paceFacts(run)],
+  };
 }
 
 async function purchaseOnly(run: Run): Promise<ScenarioResult> {
@@ -96,9 +110,9 @@ async function purchaseOnly(run: Run): Promise<ScenarioResult> {
   const codes = await preIssueCodes(run.sql, sale, ids, options.codes, run.runId);
   let used = 0;
   await run.start(() => `codes ${used}/${codes.length}`);
-  await runLoops(run, options.concurrency, codes.length, async (index) => {
+  await drive(run, codes.length, async (index, dueAt) => {
     used += 1;
-    await run.http.call('purchase', 'POST', `/purchase?code=${codes[index]}`);
+    await run.http.call('purchase', 'POST', `/purchase?code=${codes[index]}`, dueAt);
   });
   if (used === codes.length) run.stop(`all ${codes.length} codes used`);
   return {
@@ -107,6 +121,7 @@ async function purchaseOnly(run: Run): Promise<ScenarioResult> {
       ['sale', `${sale.id} (fresh, ${sale.size} items)`],
       ['codes pre-issued in SQL', codes.length],
       ['codes used', used],
+      ...paceFacts(run),
     ],
   };
 }
