@@ -3,7 +3,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Cache } from './cache.ts';
 import type { Sql } from './db.ts';
-import { listSales } from './store.ts';
+import { connectionStates, listSales } from './store.ts';
 
 export type Metrics = ReturnType<typeof createMetrics>;
 
@@ -44,6 +44,17 @@ export function createMetrics(deps: { sql: Sql; cache: Cache; databasePoolMax: n
   new Gauge({ name: 'database_pool_max', help: 'Connections this instance may open to PostgreSQL', registers: [registry] }).set(
     deps.databasePoolMax,
   );
+  new Gauge({
+    name: 'database_connections',
+    help: "PostgreSQL connections of every flash-sale instance to this database, by state (pg_stat_activity)",
+    labelNames: ['state'] as const,
+    registers: [registry],
+    async collect() {
+      this.reset();
+      const rows = await connectionStates(deps.sql).catch(() => []);
+      for (const row of rows) this.set({ state: row.state }, row.count);
+    },
+  });
   new Gauge({
     name: 'redis_connected',
     help: '1 while the Redis connection is ready, 0 while the service runs without its cache',

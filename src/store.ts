@@ -106,6 +106,15 @@ export async function userPurchases(sql: Sql, userId: string, saleId: number | u
     limit 1000`;
 }
 
+// The service's connections as PostgreSQL sees them (all instances): active, idle, idle in transaction.
+export async function connectionStates(sql: Sql) {
+  return sql<{ state: string; count: number }[]>`
+    select coalesce(state, 'unknown') as state, count(*) as count
+    from pg_stat_activity
+    where datname = current_database() and application_name = 'flash-sale'
+    group by 1`;
+}
+
 export async function ping(sql: Sql): Promise<void> {
   await sql`select 1`;
 }

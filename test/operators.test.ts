@@ -42,6 +42,7 @@ test('/metrics reports requests, outcomes, items sold per sale and the connectio
   assert.equal(metricValue(body, /^http_request_duration_seconds_count\{method="POST",route="\/checkout",status_code="400"\}/), 1);
   assert.equal(metricValue(body, /^database_pool_max/), testApp.config.databasePoolMax);
   assert.match(body, /^redis_connected [01]$/m);
+  assert.ok(metricValue(body, /^database_connections\{state="(active|idle)"\}/) >= 1, 'the pool as PostgreSQL sees it');
   assert.match(body, /^process_resident_memory_bytes /m);
 });
 
