@@ -29,7 +29,8 @@ create index items_buyer_idx on items (buyer_id, sale_id) where buyer_id is not 
 create table sale_buyers (
   sale_id bigint not null references sales (id),
   user_id text not null,
-  bought  integer not null check (bought > 0),
+  -- 0 only inside the purchase that made the row to lock it; it is gone again by the commit.
+  bought  integer not null check (bought >= 0),
   primary key (sale_id, user_id)
 );
 
@@ -89,86 +90,112 @@ begin
 end;
 $$;
 
--- Records one checkout attempt and decides it, in one statement: the item must exist and be unsold.
--- A code never holds the item: the first valid purchase wins.
-create function checkout(p_user_id text, p_item_id bigint, p_code text, p_ttl_seconds integer)
-returns table (outcome text, sale_id bigint, code text, expires_at timestamptz)
+-- Records checkout attempts and decides each, in one statement for a whole batch of requests (the
+-- service coalesces concurrent checkouts; a batch may be of one): the item must exist and be unsold.
+-- A code never holds the item: the first valid purchase wins. Results come back in the order given.
+create function checkout(p_user_ids text[], p_item_ids bigint[], p_codes text[], p_ttl_seconds integer)
+returns table (ord bigint, outcome text, sale_id bigint, code text, expires_at timestamptz)
 language sql as $$
-  insert into checkout_attempts (outcome, user_id, item_id, sale_id, code, code_hash, expires_at)
-  select o.outcome, p_user_id, p_item_id, i.sale_id,
-         case when o.outcome = 'issued' then p_code end,
-         case when o.outcome = 'issued' then sha256(convert_to(p_code, 'UTF8')) end,
-         case when o.outcome = 'issued' then now() + make_interval(secs => p_ttl_seconds) end
-  from (select 1) as one
-  left join items i on i.id = p_item_id
-  cross join lateral (
-    select case when i.id is null then 'item_unknown'
-                when i.buyer_id is not null then 'item_sold'
-                else 'issued' end as outcome
-  ) as o
-  returning outcome, sale_id, code, expires_at
+  with decided as (
+    select input.ord, input.user_id, input.item_id, i.sale_id, o.outcome,
+           case when o.outcome = 'issued' then input.code end as code,
+           case when o.outcome = 'issued' then now() + make_interval(secs => p_ttl_seconds) end as expires_at
+    from unnest(p_user_ids, p_item_ids, p_codes) with ordinality as input(user_id, item_id, code, ord)
+    left join items i on i.id = input.item_id
+    cross join lateral (
+      select case when i.id is null then 'item_unknown'
+                  when i.buyer_id is not null then 'item_sold'
+                  else 'issued' end as outcome
+    ) as o
+  ), recorded as (
+    -- A data-modifying CTE runs to completion whether or not it is read: no outcome without its record.
+    insert into checkout_attempts (outcome, user_id, item_id, sale_id, code, code_hash, expires_at)
+    select d.outcome, d.user_id, d.item_id, d.sale_id, d.code, sha256(convert_to(d.code, 'UTF8')), d.expires_at
+    from decided d order by d.ord
+  )
+  select d.ord, d.outcome, d.sale_id, d.code, d.expires_at from decided d order by d.ord
 $$;
 
--- Sells the code's item to the code's user, or says why not. Locks in one order (item, then the
--- user's row of the sale), so concurrent purchases cannot deadlock. A refusal changes nothing.
--- On limit_reached it also returns the codes that bought the user's items of that sale.
--- Outcomes: purchased, replayed (this code already bought it), code_unknown, code_expired,
--- item_sold (to another code), limit_reached.
-create function purchase(p_code text)
-returns table (outcome text, item_id bigint, sale_id bigint, user_id text, purchased_at timestamptz,
-               bought integer, per_user_limit integer, bought_codes text[])
+-- Sells each code's item to the code's user, or says why not, for a batch of codes in one transaction
+-- (a batch may be of one). A refusal changes nothing. Outcomes: purchased, replayed (this code already
+-- bought it), code_unknown, code_expired, item_sold (to another code), limit_reached; on limit_reached
+-- also the codes that bought the user's items of that sale (they can never change).
+-- Locks are taken in one global order: first the buyers' rows (sale, user), then the items by id. Two
+-- purchases, batched or not, therefore never wait for each other in a circle: no deadlock.
+create function purchase(p_codes text[])
+returns table (ord bigint, outcome text, item_id bigint, sale_id bigint, user_id text, purchased_at timestamptz,
+               per_user_limit integer, bought_codes text[])
 language plpgsql as $$
 declare
-  attempt record;
+  request record;
   sold_by text;
+  refused boolean := false;
 begin
-  select c.user_id, c.item_id, c.sale_id, c.expires_at, s.per_user_limit into attempt
-  from checkout_attempts c join sales s on s.id = c.sale_id
-  where c.code_hash = sha256(convert_to(p_code, 'UTF8'));
-  if not found then
-    return query select 'code_unknown', null::bigint, null::bigint, null::text, null::timestamptz, null::integer, null::integer, null::text[];
-    return;
-  end if;
-  item_id := attempt.item_id; sale_id := attempt.sale_id; user_id := attempt.user_id;
-  per_user_limit := attempt.per_user_limit;
-
-  -- Conditional update: under READ COMMITTED a concurrent buyer's commit makes this re-check and miss.
-  if attempt.expires_at > now() then
-    update items i set buyer_id = attempt.user_id, purchase_code = p_code, sold_at = now()
-    where i.id = attempt.item_id and i.buyer_id is null
-    returning i.sold_at into purchased_at;
-  end if;
-
-  if purchased_at is null then
-    select i.purchase_code, i.sold_at into sold_by, purchased_at from items i where i.id = attempt.item_id;
-    if sold_by = p_code then
-      outcome := 'replayed';
-    else
-      outcome := case when attempt.expires_at > now() then 'item_sold' else 'code_expired' end;
-      purchased_at := null;
-    end if;
-    return next;
-    return;
-  end if;
-
-  -- The user's row of this sale counts the items bought; the conditional upsert locks it.
+  -- The buyers' rows, created if new and locked, in (sale, user) order; `where false` locks a row that
+  -- exists without writing it again.
   insert into sale_buyers as b (sale_id, user_id, bought)
-  values (attempt.sale_id, attempt.user_id, 1)
-  on conflict on constraint sale_buyers_pkey do update set bought = b.bought + 1
-  where b.bought < attempt.per_user_limit
-  returning b.bought into bought;
+  select distinct c.sale_id, c.user_id, 0
+  from unnest(p_codes) as p(code)
+  join checkout_attempts c on c.code_hash = sha256(convert_to(p.code, 'UTF8'))
+  order by 1, 2
+  on conflict on constraint sale_buyers_pkey do update set bought = b.bought where false;
 
-  if bought is null then
-    -- Over the limit: give the item back, inside the same transaction, so nothing changed.
-    update items i set buyer_id = null, purchase_code = null, sold_at = null where i.id = attempt.item_id;
-    outcome := 'limit_reached';
-    purchased_at := null;
-    -- The codes that filled the limit can never change: a cache may answer for every other code.
-    select array_agg(i.purchase_code order by i.id) into bought_codes
-    from items i where i.buyer_id = attempt.user_id and i.sale_id = attempt.sale_id;
-  else
-    outcome := 'purchased';
+  for request in
+    select p.ord, p.code, c.user_id, c.item_id, c.sale_id, c.expires_at, s.per_user_limit
+    from unnest(p_codes) with ordinality as p(code, ord)
+    left join checkout_attempts c on c.code_hash = sha256(convert_to(p.code, 'UTF8'))
+    left join sales s on s.id = c.sale_id
+    order by c.item_id nulls first, p.ord
+  loop
+    ord := request.ord; item_id := request.item_id; sale_id := request.sale_id; user_id := request.user_id;
+    per_user_limit := request.per_user_limit; purchased_at := null; bought_codes := null;
+    if request.item_id is null then
+      outcome := 'code_unknown';
+      return next;
+      continue;
+    end if;
+
+    -- Conditional update: under READ COMMITTED a concurrent buyer's commit makes this re-check and miss.
+    if request.expires_at > now() then
+      update items i set buyer_id = request.user_id, purchase_code = request.code, sold_at = now()
+      where i.id = request.item_id and i.buyer_id is null
+      returning i.sold_at into purchased_at;
+    end if;
+
+    if purchased_at is null then
+      select i.purchase_code, i.sold_at into sold_by, purchased_at from items i where i.id = request.item_id;
+      if sold_by = request.code then
+        outcome := 'replayed';
+      else
+        outcome := case when request.expires_at > now() then 'item_sold' else 'code_expired' end;
+        purchased_at := null;
+      end if;
+    else
+      -- The buyer's row (locked above) counts the items bought; the limit is a conditional update.
+      update sale_buyers b set bought = b.bought + 1
+      where b.sale_id = request.sale_id and b.user_id = request.user_id and b.bought < request.per_user_limit;
+      if found then
+        outcome := 'purchased';
+      else
+        -- Over the limit: give the item back, inside the same transaction, so nothing changed.
+        update items i set buyer_id = null, purchase_code = null, sold_at = null where i.id = request.item_id;
+        outcome := 'limit_reached';
+        purchased_at := null;
+        select array_agg(i.purchase_code order by i.id) into bought_codes
+        from items i where i.buyer_id = request.user_id and i.sale_id = request.sale_id;
+      end if;
+    end if;
+    refused := refused or outcome not in ('purchased', 'replayed');
+    return next;
+  end loop;
+
+  -- A buyer whose purchases were all refused leaves no row behind: a refusal changes nothing. (Only
+  -- rows made above can be at 0, and this transaction holds their locks.)
+  if refused then
+    delete from sale_buyers b
+    using unnest(p_codes) as p(code)
+    join checkout_attempts c on c.code_hash = sha256(convert_to(p.code, 'UTF8'))
+    where b.sale_id = c.sale_id and b.user_id = c.user_id and b.bought = 0;
   end if;
-  return next;
 end;
 $$;

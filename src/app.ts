@@ -142,6 +142,7 @@ export function buildApp(config: Config, deps: Pick<Deps, 'sql' | 'cache'>) {
       metrics,
       rules: { saleIntervalSeconds: config.saleIntervalSeconds, saleSize: config.saleSize, perUserLimit: config.perUserLimit },
       codeTtlSeconds: config.codeTtlSeconds,
+      batchesInFlight: config.batchesInFlight,
       healthTimeoutMs: config.healthTimeoutMs,
     });
   });

@@ -12,7 +12,8 @@ const migrationLockKey = 7_201_042_917;
 export function connect(databaseUrl: string, options: { max?: number } = {}): Sql {
   return postgres(databaseUrl, {
     max: options.max ?? 10,
-    connect_timeout: 5,
+    // Short: a request waits for a connection no longer than a client would wait for an answer.
+    connect_timeout: 2,
     idle_timeout: 60,
     onnotice: () => {},
     connection: { application_name: 'flash-sale' },

@@ -15,6 +15,7 @@ export type Deps = {
   metrics: Metrics;
   rules: store.SaleRules;
   codeTtlSeconds: number;
+  batchesInFlight: number;
   healthTimeoutMs: number;
 };
 
@@ -46,7 +47,13 @@ const saleView = (sale: store.SaleSummary) => ({
 });
 
 export function registerRoutes(app: FastifyInstance, deps: Deps): void {
-  const shopDeps = { sql: deps.sql, cache: deps.cache, metrics: deps.metrics, codeTtlSeconds: deps.codeTtlSeconds };
+  const shopDeps = shop.createShop({
+    sql: deps.sql,
+    cache: deps.cache,
+    metrics: deps.metrics,
+    codeTtlSeconds: deps.codeTtlSeconds,
+    batchesInFlight: deps.batchesInFlight,
+  });
 
   app.post<{ Querystring: { user_id: string; id: string } }>('/checkout', { schema: schemas.checkoutSchema }, async (request) => {
     const issued = await shop.checkout(shopDeps, request.query.user_id, Number(request.query.id));

@@ -2,12 +2,25 @@
 // longer change (a sold item, a user at the limit, a replayed receipt) and is never asked to decide.
 import { randomBytes } from 'node:crypto';
 import type { Cache, Receipt } from './cache.ts';
+import { coalesce } from './batch.ts';
 import type { Sql } from './db.ts';
 import { AppError, messages } from './errors.ts';
 import type { Metrics } from './metrics.ts';
 import * as store from './store.ts';
 
-export type Shop = { sql: Sql; cache: Cache; metrics: Metrics; codeTtlSeconds: number };
+export type Shop = ReturnType<typeof createShop>;
+
+// Concurrent checkouts (and purchases) share one statement: at most `batchesInFlight` statements of each
+// kind run at once, and requests arriving meanwhile wait to go together in the next one (at most 64).
+export function createShop(deps: { sql: Sql; cache: Cache; metrics: Metrics; codeTtlSeconds: number; batchesInFlight: number }) {
+  const limits = { maxBatch: 64, maxInFlight: deps.batchesInFlight };
+  return {
+    cache: deps.cache,
+    metrics: deps.metrics,
+    recordCheckout: coalesce((requests: store.CheckoutRequest[]) => store.checkout(deps.sql, requests, deps.codeTtlSeconds), limits),
+    decidePurchase: coalesce((codes: string[]) => store.purchase(deps.sql, codes), limits),
+  };
+}
 
 // 128 bits from the operating system's CSPRNG, base64url: 22 characters, as the reference's clients expect.
 export function newCode(): string {
@@ -15,7 +28,7 @@ export function newCode(): string {
 }
 
 export async function checkout(shop: Shop, userId: string, itemId: number) {
-  const result = await store.checkout(shop.sql, userId, itemId, newCode(), shop.codeTtlSeconds);
+  const result = await shop.recordCheckout({ userId, itemId, code: newCode() });
   shop.metrics.checkout(result.outcome);
   if (result.outcome === 'item_unknown') throw new AppError('item_unknown', messages.itemUnknown(itemId));
   if (result.outcome === 'item_sold') throw new AppError('item_sold', messages.itemSold(itemId));
@@ -31,7 +44,7 @@ export async function purchase(shop: Shop, code: string): Promise<Receipt> {
   if (shortcut?.outcome === 'item_sold') throw new AppError('item_sold', messages.itemSold(shortcut.itemId));
   if (shortcut?.outcome === 'limit_reached') throw new AppError('limit_reached', messages.limitReached(shortcut.perUserLimit));
 
-  const result = await store.purchase(shop.sql, code);
+  const result = await shop.decidePurchase(code);
   shop.metrics.purchase(result.outcome, 'postgres');
   switch (result.outcome) {
     case 'code_unknown':

@@ -11,12 +11,24 @@ export async function ensureCurrentSale(sql: Sql, rules: SaleRules) {
 }
 
 export type CheckoutOutcome = 'issued' | 'item_sold' | 'item_unknown';
+export type CheckoutRequest = { userId: string; itemId: number; code: string };
+export type CheckoutResult = { outcome: CheckoutOutcome; saleId: number | null; code: string | null; expiresAt: Date | null };
 
-export async function checkout(sql: Sql, userId: string, itemId: number, code: string, ttlSeconds: number) {
-  const [row] = await sql<{ outcome: CheckoutOutcome; saleId: number | null; code: string | null; expiresAt: Date | null }[]>`
-    select outcome, sale_id as "saleId", code, expires_at as "expiresAt"
-    from checkout(${userId}, ${itemId}, ${code}, ${ttlSeconds})`;
-  return row!;
+// Results come back in the order of the requests (the functions number them with `ord`).
+function inOrder<T extends { ord: number }>(rows: T[]): T[] {
+  return rows.toSorted((a, b) => a.ord - b.ord);
+}
+
+// Any number of checkouts, each recorded and decided, in one statement.
+export async function checkout(sql: Sql, requests: CheckoutRequest[], ttlSeconds: number): Promise<CheckoutResult[]> {
+  const rows = await sql<(CheckoutResult & { ord: number })[]>`
+    select ord, outcome, sale_id as "saleId", code, expires_at as "expiresAt"
+    from checkout(
+      ${requests.map((request) => request.userId)}::text[],
+      ${requests.map((request) => request.itemId)}::bigint[],
+      ${requests.map((request) => request.code)}::text[],
+      ${ttlSeconds})`;
+  return inOrder(rows);
 }
 
 // A refused request is still an attempt: keep what the client sent, cut to a readable length.
@@ -37,18 +49,17 @@ export type PurchaseResult = {
   saleId: number | null;
   userId: string | null;
   purchasedAt: Date | null;
-  bought: number | null;
   perUserLimit: number | null;
   boughtCodes: string[] | null;
 };
 
-export async function purchase(sql: Sql, code: string): Promise<PurchaseResult> {
-  const [row] = await sql<PurchaseResult[]>`
-    select outcome, item_id as "itemId", sale_id as "saleId", user_id as "userId",
-           purchased_at as "purchasedAt", bought, per_user_limit as "perUserLimit",
-           bought_codes as "boughtCodes"
-    from purchase(${code})`;
-  return row!;
+// Any number of purchases, each decided, in one transaction.
+export async function purchase(sql: Sql, codes: string[]): Promise<PurchaseResult[]> {
+  const rows = await sql<(PurchaseResult & { ord: number })[]>`
+    select ord, outcome, item_id as "itemId", sale_id as "saleId", user_id as "userId",
+           purchased_at as "purchasedAt", per_user_limit as "perUserLimit", bought_codes as "boughtCodes"
+    from purchase(${codes}::text[])`;
+  return inOrder(rows);
 }
 
 export type SaleSummary = { id: number; startsAt: Date; size: number; perUserLimit: number; sold: number };

@@ -752,7 +752,8 @@ test('SIGTERM during load: in-flight and slow requests finish normally, new conn
       const [waiting] = await scope.sql<{ count: number }[]>`
         select count(*) as count from pg_stat_activity
         where datname = ${scope.db.name} and application_name = 'flash-sale' and ${lockPid} = any(pg_blocking_pids(pid))`;
-      if (waiting!.count >= slow.length) break;
+      // Batched purchases share a backend: at least one waits, and the rest queue behind it.
+      if (waiting!.count >= 1) break;
       assert.ok(Date.now() < deadline, `the slow purchases never waited on the lock (${waiting!.count} waiting)`);
       await sleep(50);
     }
