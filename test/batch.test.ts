@@ -1,0 +1,83 @@
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { coalesce } from '../src/batch.ts';
+import * as store from '../src/store.ts';
+import { createDatabase, currentSaleId, type TestDatabase } from './helpers.ts';
+
+test('coalesce: callers arriving while a statement runs go together, each gets its own answer', async () => {
+  const batches: number[][] = [];
+  let release: () => void = () => {};
+  const gate = new Promise<void>((resolve) => (release = resolve));
+  const double = coalesce(async (inputs: number[]) => {
+    batches.push(inputs);
+    if (batches.length === 1) await gate; // the first statement is slow: the others queue behind it
+    return inputs.map((input) => input * 2);
+  }, { maxBatch: 3, maxInFlight: 1 });
+
+  const first = double(1);
+  await new Promise((resolve) => setImmediate(resolve));
+  const rest = [2, 3, 4, 5, 6, 7].map((input) => double(input));
+  release();
+  assert.deepEqual(await Promise.all([first, ...rest]), [2, 4, 6, 8, 10, 12, 14]);
+  assert.deepEqual(batches, [[1], [2, 3, 4], [5, 6, 7]], 'batches of at most maxBatch, in arrival order');
+});
+
+test('coalesce: a failed statement fails its own callers only', async () => {
+  const run = coalesce(async (inputs: string[]) => {
+    if (inputs.includes('bad')) throw new Error('statement failed');
+    return inputs.map((input) => input.toUpperCase());
+  }, { maxBatch: 10, maxInFlight: 1 });
+  const bad = run('bad');
+  const sameBatch = run('x');
+  await assert.rejects(bad, /statement failed/);
+  await assert.rejects(sameBatch, /statement failed/);
+  assert.equal(await run('later'), 'LATER');
+});
+
+let database: TestDatabase;
+before(async () => {
+  database = await createDatabase();
+  await database.sql`select * from ensure_current_sale(3600, 100, 2)`;
+});
+after(async () => database.drop());
+
+test('one purchase statement decides a mixed batch exactly as one at a time would', async () => {
+  const saleId = await currentSaleId(database.sql, 100, 2);
+  const code = (name: string) => name.padEnd(22, '0');
+  const checkouts = await store.checkout(
+    database.sql,
+    [
+      { userId: 'ann', itemId: 1, code: code('a1') },
+      { userId: 'ann', itemId: 2, code: code('a2') },
+      { userId: 'ann', itemId: 3, code: code('a3') },
+      { userId: 'bob', itemId: 1, code: code('b1') },
+      { userId: 'cid', itemId: 4, code: code('c4') },
+      { userId: 'bob', itemId: 999_999, code: code('bx') },
+    ],
+    600,
+  );
+  assert.deepEqual(checkouts.map((row) => row.outcome), ['issued', 'issued', 'issued', 'issued', 'issued', 'item_unknown']);
+
+  const results = await store.purchase(database.sql, [code('a1'), code('b1'), code('a2'), code('a3'), code('a1'), code('nope'), code('c4')]);
+  assert.deepEqual(
+    results.map((row) => [row.outcome, row.itemId, row.userId]),
+    [
+      ['purchased', 1, 'ann'],
+      ['item_sold', 1, 'bob'],
+      ['purchased', 2, 'ann'],
+      ['limit_reached', 3, 'ann'],
+      ['replayed', 1, 'ann'],
+      ['code_unknown', null, null],
+      ['purchased', 4, 'cid'],
+    ],
+  );
+  assert.deepEqual(results[3]!.boughtCodes, [code('a1'), code('a2')]);
+  assert.equal(results[4]!.purchasedAt?.getTime(), results[0]!.purchasedAt?.getTime(), 'the replay repeats the receipt');
+
+  // Refusals leave nothing behind: bob, who bought nothing, has no row; the counts match the items.
+  const buyers = await database.sql<{ userId: string; bought: number }[]>`
+    select user_id as "userId", bought from sale_buyers where sale_id = ${saleId} order by user_id`;
+  assert.deepEqual([...buyers], [{ userId: 'ann', bought: 2 }, { userId: 'cid', bought: 1 }]);
+  const [item3] = await database.sql`select buyer_id from items where id = 3`;
+  assert.equal(item3!.buyer_id, null);
+});
