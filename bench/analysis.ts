@@ -57,10 +57,10 @@ function loadTime(step: string, summary: LoadSummary | undefined, endpoint: stri
 
 function timeRows(m: Partial<Measurements>): TimeRow[] {
   const rows = [
-    m.pgbenchCheckout && timeRow('pgbench checkout', m.pgbenchCheckout.tps, m.pgbenchCheckout.latencyMs, m.pgbenchCheckout.functions, 'checkout', m.pgbenchCheckout.cpu),
+    m.pgbenchCheckout && timeRow('pgbench checkout', m.pgbenchCheckout.tps, m.pgbenchCheckout.latencyMs, m.pgbenchCheckout.functions, 'checkout_one', m.pgbenchCheckout.cpu),
     loadTime('service checkout, 1 process', m.checkout1, 'checkout'),
     loadTime('service checkout, 2 processes', m.checkout2, 'checkout'),
-    m.pgbenchPurchase && timeRow('pgbench purchase', m.pgbenchPurchase.tps, m.pgbenchPurchase.latencyMs, m.pgbenchPurchase.functions, 'purchase', m.pgbenchPurchase.cpu),
+    m.pgbenchPurchase && timeRow('pgbench purchase', m.pgbenchPurchase.tps, m.pgbenchPurchase.latencyMs, m.pgbenchPurchase.functions, 'purchase_one', m.pgbenchPurchase.cpu),
     loadTime('service purchase, 1 process', m.purchase1, 'purchase'),
     loadTime('service purchase, 2 processes', m.purchase2, 'purchase'),
     m.bareHttp && timeRow('bare node:http', m.bareHttp.rps, m.bareHttp.latencyMs.mean, null, '', m.bareHttp.cpu),

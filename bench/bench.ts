@@ -1,7 +1,7 @@
 // npm run bench: the service measured against its ceilings, side by side in one run.
 // Creates its own database and Redis key prefix, starts the service (1 process, then 2 on separate
 // ports sharing the database), runs the load generator's scenarios against it, measures the
-// PostgreSQL ceiling (pgbench with the service's own statements) and the HTTP ceiling (bare node:http)
+// PostgreSQL ceiling (pgbench with one statement per request, bench/per-request.sql) and the HTTP ceiling (bare node:http)
 // at the same concurrency, then writes bench/results/bench.json and BENCHMARKS.md. Everything it
 // started is stopped and everything it created is dropped, even on failure.
 //
@@ -87,6 +87,8 @@ async function run(ctx: Context, settings: Settings, prefix: string, results: Be
     return server;
   };
   const first = await start('A');
+  // The ceiling's per-request functions, beside the service's batched ones (A has migrated by now).
+  await ctx.sql.file(fileURLToPath(new URL('./per-request.sql', import.meta.url)));
   results.machine = await describeMachine(ctx.sql, settings.redisUrl);
   const sales = (await (await fetch(`${first.url}/sales`)).json()) as { sales: { id: number; open: boolean }[] };
   const current = await saleInfo(ctx.sql, sales.sales.find((sale) => sale.open)!.id);

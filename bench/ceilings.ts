@@ -11,23 +11,22 @@ import { runMeasured, type Context, type FunctionTime } from './steps.ts';
 
 export const pgbenchCommand = process.env.PGBENCH ?? 'pgbench';
 
-// src/store.ts's checkout statement for one request (the service sends the same statement with one
-// or more requests: the ceiling is one statement per request); users, items and codes at random.
+// The per-request ceiling (bench/per-request.sql): one checkout per statement, the design the service
+// used before it coalesced requests; users, items and 22-character codes at random.
 export const checkoutScript = `\\set user random(1, 10000)
 \\set item random(:first_item, :last_item)
-select ord, outcome, sale_id as "saleId", code, expires_at as "expiresAt"
-from checkout(array['pgbench-c' || :user], array[:item]::bigint[], array[substr(md5(random()::text), 1, 22)], 600);
+select outcome, sale_id as "saleId", code, expires_at as "expiresAt"
+from checkout_one('pgbench-c' || :user, :item, substr(md5(random()::text), 1, 22), 600);
 `;
-
-// src/store.ts's purchase statement for one code, over pre-inserted codes prefix || lpad(n, 21, '0'): client c takes
+// The per-request ceiling (bench/per-request.sql): one purchase per statement, over pre-inserted codes prefix || lpad(n, 21, '0'): client c takes
 // n = c, c + clients, c + 2 * clients, ... (pgbench keeps a client's variables between transactions),
 // so every transaction buys a fresh item with a fresh code. Each run has its own prefix ('b', 'c').
 export function purchaseScript(prefix: string): string {
   return `\\set i :i + 1
 \\set n :client_id + :clients * :i
-select ord, outcome, item_id as "itemId", sale_id as "saleId", user_id as "userId",
+select outcome, item_id as "itemId", sale_id as "saleId", user_id as "userId",
        purchased_at as "purchasedAt", per_user_limit as "perUserLimit", bought_codes as "boughtCodes"
-from purchase(array['${prefix}' || lpad(cast(:n as text), 21, '0')]);
+from purchase_one('${prefix}' || lpad(cast(:n as text), 21, '0'));
 `;
 }
 

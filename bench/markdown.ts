@@ -179,7 +179,7 @@ ${ceilings(a)}
 
 Ratio at equal CPU: the ceiling's CPU per request over the service's, counting only this benchmark's processes and
 interrupts (see "Where the time goes"): what the ratio would be if both had had the same CPU, neighbours or not.
-The PostgreSQL ceiling is pgbench sending the service's own statements (\`-M prepared\`, ${results.settings.pool} clients);
+The PostgreSQL ceiling is pgbench sending one statement per request with the same rules (bench/per-request.sql: the design before requests were coalesced; \`-M prepared\`, ${results.settings.pool} clients);
 the HTTP ceiling is a bare node:http server (one process) answering a fixed JSON body, loaded by the load
 generator's own client over ${results.settings.pool} keep-alive connections. The 2-process rows hold ${2 * results.settings.pool}
 PostgreSQL connections against pgbench's ${results.settings.pool}.

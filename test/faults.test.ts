@@ -5,7 +5,7 @@
 // until it hears a final answer; afterwards every 200 it heard must be exactly one sold item in the
 // database, every sold item must be one 200 it heard, and the invariant audit must be clean.
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { connect as netConnect } from 'node:net';
 import { after, test, type TestContext } from 'node:test';
@@ -14,7 +14,9 @@ import postgres from 'postgres';
 import { Pool } from 'undici';
 import { auditSales, violations } from '../src/audit.ts';
 import type { Sql } from '../src/db.ts';
-import { createDatabase, dropRedisPrefix, freePort, startInstance, testEnv, uniquePrefix, type Instance, type TestDatabase } from './helpers.ts';
+import {
+  createDatabase, dropRedisPrefix, freePort, startInstance, startRedisServer, testEnv, uniquePrefix, type Instance, type TestDatabase,
+} from './helpers.ts';
 
 const skewedClockPath = fileURLToPath(new URL('./fixtures/skewed-clock.ts', import.meta.url));
 const saleSize = 10_000;
@@ -138,35 +140,10 @@ function logs(scope: Scope): string {
 
 // A throwaway Redis of our own on `port`, ready once it answers PING.
 async function startRedis(scope: Scope, port: number): Promise<ChildProcess> {
-  const server = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const server = await startRedisServer(port);
   allChildren.add(server);
   scope.redisServers.push(server);
-  let output = '';
-  server.stdout!.on('data', (chunk) => (output += chunk));
-  server.stderr!.on('data', (chunk) => (output += chunk));
-  const deadline = Date.now() + 10_000;
-  while (!(await redisPings(port))) {
-    if (!alive(server)) throw new Error(`redis-server exited:\n${output}`);
-    if (Date.now() > deadline) throw new Error(`redis-server not ready:\n${output}`);
-    await sleep(50);
-  }
   return server;
-}
-
-function redisPings(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = netConnect({ port, host: '127.0.0.1' });
-    const done = (ok: boolean) => {
-      socket.destroy();
-      resolve(ok);
-    };
-    socket.setTimeout(500, () => done(false));
-    socket.once('error', () => done(false));
-    socket.once('connect', () => socket.write('PING\r\n'));
-    socket.once('data', (data) => done(data.toString().startsWith('+PONG')));
-  });
 }
 
 // Resolves with the error code of a TCP connect to `port` ('connected' when something accepted it).

@@ -2,7 +2,7 @@
 // service processes. Nothing here assumes a clean server: everything made is named uniquely and dropped.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createServer } from 'node:net';
+import { connect as netConnect, createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import postgres from 'postgres';
 import { createClient } from 'redis';
@@ -141,4 +141,51 @@ export async function dropRedisPrefix(prefix: string, url = redisUrl): Promise<v
 export async function currentSaleId(sql: Sql, size = 10_000, limit = 10, intervalSeconds = 3600): Promise<number> {
   const [row] = await sql<{ saleId: number }[]>`select sale_id as "saleId" from ensure_current_sale(${intervalSeconds}, ${size}, ${limit})`;
   return row!.saleId;
+}
+
+// Resolves with the exit code, or 'timeout' if the process is still running `ms` after SIGTERM.
+export async function stopWithin(instance: Instance, ms: number): Promise<number | null | 'timeout'> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<'timeout'>((resolve) => {
+    timer = setTimeout(() => resolve('timeout'), ms);
+  });
+  try {
+    return await Promise.race([instance.stop('SIGTERM'), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function redisPings(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = netConnect({ port, host: '127.0.0.1' });
+    const done = (ok: boolean) => {
+      socket.destroy();
+      resolve(ok);
+    };
+    socket.setTimeout(500, () => done(false));
+    socket.once('error', () => done(false));
+    socket.once('connect', () => socket.write('PING\r\n'));
+    socket.once('data', (data) => done(data.toString().startsWith('+PONG')));
+  });
+}
+
+// A throwaway redis-server of the test's own on `port` (the machine's shared one is never touched),
+// ready when it answers PING. The caller kills it; it is killed here if it never gets ready.
+export async function startRedisServer(port: number): Promise<ChildProcess> {
+  const server = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  server.stdout!.on('data', (chunk) => (output += chunk));
+  server.stderr!.on('data', (chunk) => (output += chunk));
+  const deadline = Date.now() + 10_000;
+  while (!(await redisPings(port))) {
+    if (server.exitCode !== null || server.signalCode !== null || Date.now() > deadline) {
+      server.kill('SIGKILL');
+      throw new Error(`redis-server on ${port} did not start:\n${output}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return server;
 }

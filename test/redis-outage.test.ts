@@ -2,12 +2,20 @@
 // keep selling correctly through PostgreSQL, answer promptly, report the outage on /health, and pick
 // Redis up again once it is back.
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { connect as netConnect } from 'node:net';
+import type { ChildProcess } from 'node:child_process';
 import { after, before, test } from 'node:test';
 import { createClient } from 'redis';
 import { auditSales, violations } from '../src/audit.ts';
-import { createDatabase, dropRedisPrefix, freePort, startInstance, testEnv, uniquePrefix, type Instance, type TestDatabase } from './helpers.ts';
+import {
+  createDatabase, dropRedisPrefix, freePort, startInstance, startRedisServer, stopWithin, testEnv, uniquePrefix, type Instance, type TestDatabase,
+} from './helpers.ts';
+
+// A redis-server of this file's own, killed in after().
+async function startRedis(port: number): Promise<ChildProcess> {
+  const server = await startRedisServer(port);
+  redisServers.push(server);
+  return server;
+}
 
 const perUserLimit = 3;
 // Every request must answer within this, whatever Redis is doing.
@@ -132,50 +140,6 @@ async function healthBecomes(instance: Instance, status: number, withinMs: numbe
     if (answer.status === status || Date.now() > deadline) return answer;
     await sleep(100);
   }
-}
-
-async function stopWithin(instance: Instance, ms: number): Promise<number | null | 'timeout'> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<'timeout'>((resolve) => {
-    timer = setTimeout(() => resolve('timeout'), ms);
-  });
-  try {
-    return await Promise.race([instance.stop('SIGTERM'), timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-// A throwaway Redis of our own, ready once it answers PING.
-async function startRedis(port: number): Promise<ChildProcess> {
-  const server = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  redisServers.push(server);
-  let output = '';
-  server.stdout!.on('data', (chunk) => (output += chunk));
-  server.stderr!.on('data', (chunk) => (output += chunk));
-  const deadline = Date.now() + 10_000;
-  while (!(await pings(port))) {
-    if (!alive(server)) throw new Error(`redis-server exited:\n${output}`);
-    if (Date.now() > deadline) throw new Error(`redis-server not ready:\n${output}`);
-    await sleep(50);
-  }
-  return server;
-}
-
-function pings(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = netConnect({ port, host: '127.0.0.1' });
-    const done = (ok: boolean) => {
-      socket.destroy();
-      resolve(ok);
-    };
-    socket.setTimeout(500, () => done(false));
-    socket.once('error', () => done(false));
-    socket.once('connect', () => socket.write('PING\r\n'));
-    socket.once('data', (data) => done(data.toString().startsWith('+PONG')));
-  });
 }
 
 // Whether our own Redis holds `key` (the cache writes in the background: wait a little for it).

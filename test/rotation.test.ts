@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { auditSales, violations } from '../src/audit.ts';
-import { createDatabase, dropRedisPrefix, startInstance, testEnv, uniquePrefix, type Instance, type TestDatabase } from './helpers.ts';
+import { createDatabase, dropRedisPrefix, startInstance, testEnv, uniquePrefix, stopWithin, type Instance, type TestDatabase } from './helpers.ts';
 
 const intervalSeconds = 2;
 const saleSize = 10_000;
@@ -20,19 +20,6 @@ process.once('exit', () => {
 });
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-// Resolves with the exit code, or 'timeout' if the process is still running after `ms`.
-async function stopWithin(instance: Instance, ms: number): Promise<number | null | 'timeout'> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<'timeout'>((resolve) => {
-    timer = setTimeout(() => resolve('timeout'), ms);
-  });
-  try {
-    return await Promise.race([instance.stop('SIGTERM'), timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 async function request(instance: Instance, method: string, path: string) {
   const response = await fetch(`${instance.url}${path}`, { method, signal: AbortSignal.timeout(5000) });
