@@ -43,14 +43,15 @@ create table checkout_attempts (
   item_id    bigint,
   sale_id    bigint references sales (id),
   code       text,
-  -- Codes are found by their SHA-256, never by their text: index comparisons then say nothing about
-  -- how close a guessed code came to a real one.
+  -- The SHA-256 of the code the service drew for this request, issued or not. Codes are found by it,
+  -- never by their text (index comparisons say nothing about how close a guess came), and it makes
+  -- the checkout statement idempotent: sent again after a lost connection, it finds its own record.
   code_hash  bytea unique,
   expires_at timestamptz,
   -- The raw query of a refused request, cut short: what the client sent, for the record.
   detail     text,
   check ((outcome = 'issued') = (code is not null) and (code is null) = (expires_at is null)
-         and (code is null) = (code_hash is null))
+         and (code_hash is null) = (outcome in ('bad_request', 'rate_limited')))
 );
 
 -- The start of the sale interval that holds `at`, counted from the Unix epoch in UTC.
@@ -93,11 +94,13 @@ $$;
 -- Records checkout attempts and decides each, in one statement for a whole batch of requests (the
 -- service coalesces concurrent checkouts; a batch may be of one): the item must exist and be unsold.
 -- A code never holds the item: the first valid purchase wins. Results come back in the order given.
+-- Idempotent: a request sent again (same code) is not recorded twice and answers what was recorded.
 create function checkout(p_user_ids text[], p_item_ids bigint[], p_codes text[], p_ttl_seconds integer)
 returns table (ord bigint, outcome text, sale_id bigint, code text, expires_at timestamptz)
 language sql as $$
   with decided as (
     select input.ord, input.user_id, input.item_id, i.sale_id, o.outcome,
+           sha256(convert_to(input.code, 'UTF8')) as code_hash,
            case when o.outcome = 'issued' then input.code end as code,
            case when o.outcome = 'issued' then now() + make_interval(secs => p_ttl_seconds) end as expires_at
     from unnest(p_user_ids, p_item_ids, p_codes) with ordinality as input(user_id, item_id, code, ord)
@@ -110,10 +113,17 @@ language sql as $$
   ), recorded as (
     -- A data-modifying CTE runs to completion whether or not it is read: no outcome without its record.
     insert into checkout_attempts (outcome, user_id, item_id, sale_id, code, code_hash, expires_at)
-    select d.outcome, d.user_id, d.item_id, d.sale_id, d.code, sha256(convert_to(d.code, 'UTF8')), d.expires_at
+    select d.outcome, d.user_id, d.item_id, d.sale_id, d.code, d.code_hash, d.expires_at
     from decided d order by d.ord
+    on conflict (code_hash) do nothing
   )
-  select d.ord, d.outcome, d.sale_id, d.code, d.expires_at from decided d order by d.ord
+  -- The statement's snapshot shows only records of an earlier try of the same request: answer those.
+  select d.ord, coalesce(earlier.outcome, d.outcome), coalesce(earlier.sale_id, d.sale_id),
+         case when earlier.id is null then d.code else earlier.code end,
+         case when earlier.id is null then d.expires_at else earlier.expires_at end
+  from decided d
+  left join checkout_attempts earlier on earlier.code_hash = d.code_hash
+  order by d.ord
 $$;
 
 -- Sells each code's item to the code's user, or says why not, for a batch of codes in one transaction
@@ -136,14 +146,14 @@ begin
   insert into sale_buyers as b (sale_id, user_id, bought)
   select distinct c.sale_id, c.user_id, 0
   from unnest(p_codes) as p(code)
-  join checkout_attempts c on c.code_hash = sha256(convert_to(p.code, 'UTF8'))
+  join checkout_attempts c on c.code_hash = sha256(convert_to(p.code, 'UTF8')) and c.outcome = 'issued'
   order by 1, 2
   on conflict on constraint sale_buyers_pkey do update set bought = b.bought where false;
 
   for request in
     select p.ord, p.code, c.user_id, c.item_id, c.sale_id, c.expires_at, s.per_user_limit
     from unnest(p_codes) with ordinality as p(code, ord)
-    left join checkout_attempts c on c.code_hash = sha256(convert_to(p.code, 'UTF8'))
+    left join checkout_attempts c on c.code_hash = sha256(convert_to(p.code, 'UTF8')) and c.outcome = 'issued'
     left join sales s on s.id = c.sale_id
     order by c.item_id nulls first, p.ord
   loop
@@ -194,7 +204,7 @@ begin
   if refused then
     delete from sale_buyers b
     using unnest(p_codes) as p(code)
-    join checkout_attempts c on c.code_hash = sha256(convert_to(p.code, 'UTF8'))
+    join checkout_attempts c on c.code_hash = sha256(convert_to(p.code, 'UTF8')) and c.outcome = 'issued'
     where b.sale_id = c.sale_id and b.user_id = c.user_id and b.bought = 0;
   end if;
 end;

@@ -7,22 +7,11 @@ import fastifySwaggerUi from '@fastify/swagger-ui';
 import Fastify, { LogController, type FastifyError, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Config } from './config.ts';
 import { AppError, errorStatus, type ErrorCode } from './errors.ts';
+import { isDatabaseUnavailable } from './db.ts';
 import { registerRateLimits } from './limits.ts';
 import { createMetrics } from './metrics.ts';
 import { registerRoutes, type Deps } from './routes.ts';
 import { recordRefusedCheckout } from './store.ts';
-
-// postgres.js and PostgreSQL codes that mean "the database is out of reach", not "the query is wrong".
-const unavailableCodes = new Set([
-  'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN',
-  'CONNECT_TIMEOUT', 'CONNECTION_CLOSED', 'CONNECTION_ENDED', 'CONNECTION_DESTROYED',
-  '53300', '57P01', '57P02', '57P03',
-]);
-
-function isDatabaseUnavailable(error: { code?: unknown }): boolean {
-  const code = typeof error.code === 'string' ? error.code : '';
-  return unavailableCodes.has(code) || code.startsWith('08');
-}
 
 // Fastify's own refusals (body, content type, route) keep a code whose status the table agrees with.
 const clientErrorCodes: Record<number, ErrorCode> = { 404: 'not_found', 413: 'payload_too_large', 415: 'unsupported_media_type' };
@@ -34,7 +23,7 @@ function toReply(error: FastifyError | AppError | Error): Reply {
   if ('validation' in error && error.validation) {
     return { status: 400, error: 'bad_request', message: error.message };
   }
-  if (isDatabaseUnavailable(error as { code?: unknown })) {
+  if (isDatabaseUnavailable(error)) {
     return { status: 503, error: 'database_unavailable', message: 'The database is unavailable; try again shortly' };
   }
   const status = (error as FastifyError).statusCode;

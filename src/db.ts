@@ -24,6 +24,34 @@ export function connect(databaseUrl: string, options: { max?: number } = {}): Sq
   });
 }
 
+// postgres.js and PostgreSQL codes that mean "the database is out of reach", not "the query is wrong".
+const unavailableCodes = new Set([
+  'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN',
+  'CONNECT_TIMEOUT', 'CONNECTION_CLOSED', 'CONNECTION_ENDED', 'CONNECTION_DESTROYED',
+  '53300', '57P01', '57P02', '57P03',
+]);
+
+export function isDatabaseUnavailable(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && (unavailableCodes.has(code) || code.startsWith('08'));
+}
+
+// Errors that mean the statement never reached PostgreSQL: a connection that could not be opened.
+const unsentCodes = new Set(['CONNECT_TIMEOUT', 'ECONNREFUSED']);
+
+// Runs `work` once more after a connection failure: always when it failed before being sent; after any
+// connection failure when `idempotent` (checkout and purchase both are: sent again, a checkout finds its
+// own record and a purchase that did buy replays its receipt).
+export async function retryOnce<T>(work: () => Promise<T>, idempotent: boolean): Promise<T> {
+  try {
+    return await work();
+  } catch (error) {
+    const unsent = unsentCodes.has((error as { code?: string }).code ?? '');
+    if (!(unsent || (idempotent && isDatabaseUnavailable(error)))) throw error;
+    return work();
+  }
+}
+
 // Creates the database named in the URL when it is missing (a fresh machine's `npm start`).
 export async function ensureDatabase(databaseUrl: string): Promise<void> {
   const url = new URL(databaseUrl);

@@ -3,7 +3,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Cache, Receipt } from './cache.ts';
 import { coalesce } from './batch.ts';
-import type { Sql } from './db.ts';
+import { retryOnce, type Sql } from './db.ts';
 import { AppError, messages } from './errors.ts';
 import type { Metrics } from './metrics.ts';
 import * as store from './store.ts';
@@ -17,8 +17,13 @@ export function createShop(deps: { sql: Sql; cache: Cache; metrics: Metrics; cod
   return {
     cache: deps.cache,
     metrics: deps.metrics,
-    recordCheckout: coalesce((requests: store.CheckoutRequest[]) => store.checkout(deps.sql, requests, deps.codeTtlSeconds), limits),
-    decidePurchase: coalesce((codes: string[]) => store.purchase(deps.sql, codes), limits),
+    // A connection cut (a restarted PostgreSQL, pg_terminate_backend) fails a whole batch: it is tried once
+    // more on a fresh connection, where that is safe (see retryOnce), rather than failing all its requests.
+    recordCheckout: coalesce(
+      (requests: store.CheckoutRequest[]) => retryOnce(() => store.checkout(deps.sql, requests, deps.codeTtlSeconds), true),
+      limits,
+    ),
+    decidePurchase: coalesce((codes: string[]) => retryOnce(() => store.purchase(deps.sql, codes), true), limits),
   };
 }
 

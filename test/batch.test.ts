@@ -81,3 +81,17 @@ test('one purchase statement decides a mixed batch exactly as one at a time woul
   const [item3] = await database.sql`select buyer_id from items where id = 3`;
   assert.equal(item3!.buyer_id, null);
 });
+
+test('a checkout statement sent again (a lost connection, retried) records nothing twice and answers the same', async () => {
+  const saleId = await currentSaleId(database.sql, 100, 2);
+  const [free] = await database.sql<{ id: number }[]>`select id from items where sale_id = ${saleId} and buyer_id is null order by id desc limit 1`;
+  const requests = [
+    { userId: 'dan', itemId: free!.id, code: 'retry-issued'.padEnd(22, '0') },
+    { userId: 'dan', itemId: 999_999, code: 'retry-unknown'.padEnd(22, '0') },
+  ];
+  const first = await store.checkout(database.sql, requests, 600);
+  const again = await store.checkout(database.sql, requests, 600);
+  assert.deepEqual(again, first);
+  const [count] = await database.sql<{ count: number }[]>`select count(*) as count from checkout_attempts where user_id = 'dan'`;
+  assert.equal(count!.count, 2);
+});

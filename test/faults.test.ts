@@ -558,7 +558,7 @@ test('PostgreSQL connections cut during a load run: 503 or success, pools recove
 
   // The pools recover by themselves: two seconds after the last cut, everything succeeds again.
   const late = load.answers.filter((answer) => answer.startedAt > lastCut + 2000);
-  assert.deepEqual(late.filter((answer) => answer.status === 503).slice(0, 5).map(describeAnswer), [], 'still failing 2 s after the last cut');
+  assert.deepEqual(late.filter((answer) => answer.status === 503).slice(0, 5).map(describeAnswer), [], `still failing 2 s after the last cut\n${logs(scope)}`);
   for (const target of targets) {
     const firstOk = load.answers.find((answer) => answer.target === target.name && answer.startedAt > lastCut && answer.status === 200);
     assert.ok(firstOk && firstOk.endedAt - lastCut < 3000, `${target.name} did not serve a 200 within 3 s of the last cut`);
