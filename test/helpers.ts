@@ -3,6 +3,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { connect as netConnect, createServer } from 'node:net';
+import { after, before } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import postgres from 'postgres';
 import { createClient } from 'redis';
@@ -188,4 +189,19 @@ export async function startRedisServer(port: number): Promise<ChildProcess> {
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
   return server;
+}
+
+// One database, Redis prefix and app for a whole test file: made before its tests, dropped after them.
+export function useTestApp(overrides: Record<string, string> = {}) {
+  const fixture = { prefix: uniquePrefix() } as { prefix: string; database: TestDatabase; testApp: TestApp };
+  before(async () => {
+    fixture.database = await createDatabase();
+    fixture.testApp = await startApp(fixture.database, fixture.prefix, overrides);
+  });
+  after(async () => {
+    await fixture.testApp?.close();
+    await fixture.database?.drop();
+    await dropRedisPrefix(fixture.prefix);
+  });
+  return fixture;
 }

@@ -1,21 +1,9 @@
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
-import { after, before, test } from 'node:test';
-import { createDatabase, currentSaleId, dropRedisPrefix, startApp, uniquePrefix, type TestApp, type TestDatabase } from './helpers.ts';
+import { test } from 'node:test';
+import { currentSaleId, uniquePrefix, useTestApp } from './helpers.ts';
 
-let database: TestDatabase;
-let testApp: TestApp;
-const prefix = uniquePrefix();
-
-before(async () => {
-  database = await createDatabase();
-  testApp = await startApp(database, prefix);
-});
-after(async () => {
-  await testApp.close();
-  await database.drop();
-  await dropRedisPrefix(prefix);
-});
+const fixture = useTestApp();
 
 function metricValue(body: string, line: RegExp): number {
   const found = body.split('\n').find((text) => line.test(text));
@@ -24,13 +12,13 @@ function metricValue(body: string, line: RegExp): number {
 }
 
 test('/metrics reports requests, outcomes, items sold per sale and the connections', async () => {
-  const saleId = await currentSaleId(database.sql);
-  const [item] = await database.sql<{ id: number }[]>`select id from items where sale_id = ${saleId} order by id limit 1`;
-  const checkout = await testApp.app.inject({ method: 'POST', url: `/checkout?user_id=metrics&id=${item!.id}` });
-  await testApp.app.inject({ method: 'POST', url: `/purchase?code=${checkout.json().code}` });
-  await testApp.app.inject({ method: 'POST', url: '/checkout?user_id=metrics&id=x' });
+  const saleId = await currentSaleId(fixture.database.sql);
+  const [item] = await fixture.database.sql<{ id: number }[]>`select id from items where sale_id = ${saleId} order by id limit 1`;
+  const checkout = await fixture.testApp.app.inject({ method: 'POST', url: `/checkout?user_id=metrics&id=${item!.id}` });
+  await fixture.testApp.app.inject({ method: 'POST', url: `/purchase?code=${checkout.json().code}` });
+  await fixture.testApp.app.inject({ method: 'POST', url: '/checkout?user_id=metrics&id=x' });
 
-  const reply = await testApp.app.inject({ method: 'GET', url: '/metrics' });
+  const reply = await fixture.testApp.app.inject({ method: 'GET', url: '/metrics' });
   assert.equal(reply.statusCode, 200);
   assert.match(String(reply.headers['content-type']), /^text\/plain/);
   const body = reply.body;
@@ -40,14 +28,14 @@ test('/metrics reports requests, outcomes, items sold per sale and the connectio
   assert.equal(metricValue(body, new RegExp(`^sale_items_sold\\{sale_id="${saleId}"\\}`)), 1);
   assert.equal(metricValue(body, /^http_request_duration_seconds_count\{method="POST",route="\/checkout",status_code="200"\}/), 1);
   assert.equal(metricValue(body, /^http_request_duration_seconds_count\{method="POST",route="\/checkout",status_code="400"\}/), 1);
-  assert.equal(metricValue(body, /^database_pool_max/), testApp.config.databasePoolMax);
+  assert.equal(metricValue(body, /^database_pool_max/), fixture.testApp.config.databasePoolMax);
   assert.match(body, /^redis_connected [01]$/m);
   assert.ok(metricValue(body, /^database_connections\{state="(active|idle)"\}/) >= 1, 'the pool as PostgreSQL sees it');
   assert.match(body, /^process_resident_memory_bytes /m);
 });
 
 test('the OpenAPI description lists exactly the endpoints the README documents', async () => {
-  const reply = await testApp.app.inject({ method: 'GET', url: '/docs/json' });
+  const reply = await fixture.testApp.app.inject({ method: 'GET', url: '/docs/json' });
   assert.equal(reply.statusCode, 200);
   const paths = reply.json().paths as Record<string, Record<string, unknown>>;
   const fromOpenApi = Object.entries(paths)
@@ -59,14 +47,14 @@ test('the OpenAPI description lists exactly the endpoints the README documents',
   const fromReadme = [...api.matchAll(/^\| `(GET|POST) ([^`?]+)[^`]*` \|/gm)].map((match) => `${match[1]} ${match[2]}`).sort();
   assert.deepEqual(fromReadme, fromOpenApi);
 
-  const ui = await testApp.app.inject({ method: 'GET', url: '/docs/' });
+  const ui = await fixture.testApp.app.inject({ method: 'GET', url: '/docs/' });
   assert.equal(ui.statusCode, 200);
   assert.match(ui.body, /swagger/i);
 });
 
 test('every log line of a request carries its request id, which the response echoes', async () => {
   const { startInstance, testEnv } = await import('./helpers.ts');
-  const instance = await startInstance(testEnv(database, uniquePrefix(), { LOG_LEVEL: 'info', LOG_REQUESTS: 'on' }));
+  const instance = await startInstance(testEnv(fixture.database, uniquePrefix(), { LOG_LEVEL: 'info', LOG_REQUESTS: 'on' }));
   try {
     const given = await fetch(`${instance.url}/sales`, { headers: { 'x-request-id': 'trace-me-42' } });
     assert.equal(given.headers.get('x-request-id'), 'trace-me-42');
@@ -83,7 +71,7 @@ test('every log line of a request carries its request id, which the response ech
 
 test('without LOG_REQUESTS there is no log line per request at info', async () => {
   const { startInstance, testEnv } = await import('./helpers.ts');
-  const instance = await startInstance(testEnv(database, uniquePrefix(), { LOG_LEVEL: 'info' }));
+  const instance = await startInstance(testEnv(fixture.database, uniquePrefix(), { LOG_LEVEL: 'info' }));
   try {
     await fetch(`${instance.url}/sales`, { headers: { 'x-request-id': 'quiet-please' } });
     await new Promise((resolve) => setTimeout(resolve, 200));

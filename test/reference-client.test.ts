@@ -2,29 +2,17 @@
 // 10; the 11th checkout still gives a code, and the 11th purchase is refused with 429 and the message
 // the reference's clients look for. Then the database holds exactly what was sold.
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
-import { createDatabase, dropRedisPrefix, startApp, uniquePrefix, type TestApp, type TestDatabase } from './helpers.ts';
+import { test } from 'node:test';
+import { useTestApp } from './helpers.ts';
 
 const LIMIT_MESSAGE = 'User has reached the maximum of 10 items per sale';
 
-let database: TestDatabase;
-let testApp: TestApp;
-const prefix = uniquePrefix();
-
-before(async () => {
-  database = await createDatabase();
-  testApp = await startApp(database, prefix);
-});
-after(async () => {
-  await testApp?.close();
-  await database?.drop();
-  await dropRedisPrefix(prefix);
-});
+const fixture = useTestApp();
 
 type Reply = { status: number; text: string; body: Record<string, unknown> };
 
 async function post(url: string): Promise<Reply> {
-  const response = await testApp.app.inject({ method: 'POST', url });
+  const response = await fixture.testApp.app.inject({ method: 'POST', url });
   return { status: response.statusCode, text: response.body, body: response.json() as Record<string, unknown> };
 }
 
@@ -32,12 +20,12 @@ test('one user buys 10 items one by one; the 11th purchase is refused with 429',
   const user = 'reference-client-user';
 
   // Like the client: find the current sale and its available items through the API.
-  const sales = await testApp.app.inject({ method: 'GET', url: '/sales' });
+  const sales = await fixture.testApp.app.inject({ method: 'GET', url: '/sales' });
   assert.equal(sales.statusCode, 200, sales.body);
   const sale = (sales.json() as { sales: { id: number; items: number; per_user_limit: number }[] }).sales[0]!;
   assert.equal(sale.items, 10_000);
   assert.equal(sale.per_user_limit, 10);
-  const page = await testApp.app.inject({ method: 'GET', url: `/sales/${sale.id}/items?available=true&limit=11` });
+  const page = await fixture.testApp.app.inject({ method: 'GET', url: `/sales/${sale.id}/items?available=true&limit=11` });
   assert.equal(page.statusCode, 200, page.body);
   const items = (page.json() as { items: { id: number; sold: boolean }[] }).items.map((item) => item.id);
   assert.equal(items.length, 11);
@@ -72,18 +60,18 @@ test('one user buys 10 items one by one; the 11th purchase is refused with 429',
   assert.equal(refused.body.message, LIMIT_MESSAGE);
 
   // The database: exactly the 10 items, the counter at 10, the 11th unsold.
-  const owned = await database.sql<{ id: number; purchaseCode: string }[]>`
+  const owned = await fixture.database.sql<{ id: number; purchaseCode: string }[]>`
     select id, purchase_code as "purchaseCode" from items
     where buyer_id = ${user} and sale_id = ${sale.id} order by id`;
   assert.deepEqual(owned.map((row) => row.id), items.slice(0, 10));
   assert.deepEqual(owned.map((row) => row.purchaseCode), codes);
-  const [buyer] = await database.sql<{ bought: number }[]>`
+  const [buyer] = await fixture.database.sql<{ bought: number }[]>`
     select bought from sale_buyers where sale_id = ${sale.id} and user_id = ${user}`;
   assert.equal(buyer?.bought, 10);
-  const [unsold] = await database.sql<{ buyerId: string | null; purchaseCode: string | null; soldAt: Date | null }[]>`
+  const [unsold] = await fixture.database.sql<{ buyerId: string | null; purchaseCode: string | null; soldAt: Date | null }[]>`
     select buyer_id as "buyerId", purchase_code as "purchaseCode", sold_at as "soldAt" from items where id = ${eleventh}`;
   assert.deepEqual(unsold, { buyerId: null, purchaseCode: null, soldAt: null });
-  const [attempts] = await database.sql<{ issued: number; other: number }[]>`
+  const [attempts] = await fixture.database.sql<{ issued: number; other: number }[]>`
     select count(*) filter (where outcome = 'issued') as issued, count(*) filter (where outcome <> 'issued') as other
     from checkout_attempts where user_id = ${user}`;
   assert.deepEqual({ ...attempts }, { issued: 11, other: 0 });
