@@ -36,18 +36,13 @@ export function isDatabaseUnavailable(error: unknown): boolean {
   return typeof code === 'string' && (unavailableCodes.has(code) || code.startsWith('08'));
 }
 
-// Errors that mean the statement never reached PostgreSQL: a connection that could not be opened.
-const unsentCodes = new Set(['CONNECT_TIMEOUT', 'ECONNREFUSED']);
-
-// Runs `work` once more after a connection failure: always when it failed before being sent; after any
-// connection failure when `idempotent` (checkout and purchase both are: sent again, a checkout finds its
-// own record and a purchase that did buy replays its receipt).
-export async function retryOnce<T>(work: () => Promise<T>, idempotent: boolean): Promise<T> {
+// Runs an idempotent statement once more after a connection failure (a cut, a restart): sent again, a
+// checkout finds its own record and a purchase that did buy replays its receipt. Nothing else retries.
+export async function retryOnce<T>(work: () => Promise<T>): Promise<T> {
   try {
     return await work();
   } catch (error) {
-    const unsent = unsentCodes.has((error as { code?: string }).code ?? '');
-    if (!(unsent || (idempotent && isDatabaseUnavailable(error)))) throw error;
+    if (!isDatabaseUnavailable(error)) throw error;
     return work();
   }
 }

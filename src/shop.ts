@@ -18,12 +18,12 @@ export function createShop(deps: { sql: Sql; cache: Cache; metrics: Metrics; cod
     cache: deps.cache,
     metrics: deps.metrics,
     // A connection cut (a restarted PostgreSQL, pg_terminate_backend) fails a whole batch: it is tried once
-    // more on a fresh connection, where that is safe (see retryOnce), rather than failing all its requests.
+    // more on a fresh connection (both statements are idempotent) rather than failing all its requests.
     recordCheckout: coalesce(
-      (requests: store.CheckoutRequest[]) => retryOnce(() => store.checkout(deps.sql, requests, deps.codeTtlSeconds), true),
+      (requests: store.CheckoutRequest[]) => retryOnce(() => store.checkout(deps.sql, requests, deps.codeTtlSeconds)),
       limits,
     ),
-    decidePurchase: coalesce((codes: string[]) => retryOnce(() => store.purchase(deps.sql, codes), true), limits),
+    decidePurchase: coalesce((codes: string[]) => retryOnce(() => store.purchase(deps.sql, codes)), limits),
   };
 }
 
