@@ -15,7 +15,7 @@ import { Pool } from 'undici';
 import { auditSales, violations } from '../src/audit.ts';
 import type { Sql } from '../src/db.ts';
 import {
-  createDatabase, dropRedisPrefix, freePort, startInstance, startRedisServer, testEnv, uniquePrefix, type Instance, type TestDatabase,
+  cleanUp, createDatabase, dropRedisPrefix, freePort, startInstance, startRedisServer, testEnv, uniquePrefix, type Instance, type TestDatabase,
 } from './helpers.ts';
 
 const skewedClockPath = fileURLToPath(new URL('./fixtures/skewed-clock.ts', import.meta.url));
@@ -91,27 +91,19 @@ async function openScope(t: TestContext): Promise<Scope> {
 async function closeScope(scope: Scope): Promise<void> {
   if (scope.closed) return;
   scope.closed = true;
-  const failures: unknown[] = [];
-  const step = async (work: () => Promise<unknown>) => {
-    try {
-      await work();
-    } catch (error) {
-      failures.push(error);
-    }
-  };
-  await step(() => Promise.all(scope.pools.map((pool) => pool.destroy())));
-  await step(() =>
-    Promise.all(
-      [...scope.instances.map((instance) => instance.child), ...scope.redisServers].map(async (child) => {
-        if (alive(child)) child.kill('SIGKILL');
-        await within(exited(child), 5000);
-      }),
-    ),
-  );
-  await step(() => scope.sql.end({ timeout: 5 }));
-  await step(() => scope.db.drop());
-  await step(() => dropRedisPrefix(scope.prefix));
-  if (failures.length > 0) throw new AggregateError(failures, 'cleanup failed');
+  await cleanUp([
+    () => Promise.all(scope.pools.map((pool) => pool.destroy())),
+    () =>
+      Promise.all(
+        [...scope.instances.map((instance) => instance.child), ...scope.redisServers].map(async (child) => {
+          if (alive(child)) child.kill('SIGKILL');
+          await within(exited(child), 5000);
+        }),
+      ),
+    () => scope.sql.end({ timeout: 5 }),
+    () => scope.db.drop(),
+    () => dropRedisPrefix(scope.prefix),
+  ]);
 }
 
 // Whatever a test could not release (it is idempotent: closed scopes are skipped).

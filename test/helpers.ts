@@ -205,3 +205,16 @@ export function useTestApp(overrides: Record<string, string> = {}) {
   });
   return fixture;
 }
+
+// Runs every clean-up step in order, even when one fails, then reports all the failures together.
+export async function cleanUp(steps: (() => Promise<unknown> | undefined)[]): Promise<void> {
+  const failures: unknown[] = [];
+  for (const step of steps) {
+    try {
+      await step();
+    } catch (error) {
+      failures.push(error);
+    }
+  }
+  if (failures.length > 0) throw new AggregateError(failures, 'cleanup failed');
+}

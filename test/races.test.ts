@@ -7,6 +7,7 @@ import { after, before, test, type TestContext } from 'node:test';
 import { Pool } from 'undici';
 import { auditSales, violations } from '../src/audit.ts';
 import {
+  cleanUp,
   createDatabase,
   currentSaleId,
   dropRedisPrefix,
@@ -110,34 +111,26 @@ before(async () => {
 });
 
 after(async () => {
-  const failures: unknown[] = [];
-  const step = async (work: () => Promise<unknown>) => {
-    try {
-      await work();
-    } catch (error) {
-      failures.push(error);
-    }
-  };
-  for (const pool of pools) await step(() => pool.destroy());
-  await step(() =>
-    Promise.all(
-      instances.map(async (instance) => {
-        let timer: NodeJS.Timeout | undefined;
-        const killed = new Promise<void>((resolve) => {
-          timer = setTimeout(() => {
-            instance.child.kill('SIGKILL');
-            resolve();
-          }, 15_000);
-        });
-        await Promise.race([instance.stop('SIGTERM'), killed]).finally(() => clearTimeout(timer));
-        const output = instance.output().trim();
-        if (output !== '') console.log(`instance on port ${instance.port} logged:\n${output.slice(-4000)}`);
-      }),
-    ),
-  );
-  if (database) await step(() => database!.drop());
-  await step(() => dropRedisPrefix(prefix));
-  if (failures.length > 0) throw new AggregateError(failures, 'cleanup failed');
+  await cleanUp([
+    ...pools.map((pool) => () => pool.destroy()),
+    () =>
+      Promise.all(
+        instances.map(async (instance) => {
+          let timer: NodeJS.Timeout | undefined;
+          const killed = new Promise<void>((resolve) => {
+            timer = setTimeout(() => {
+              instance.child.kill('SIGKILL');
+              resolve();
+            }, 15_000);
+          });
+          await Promise.race([instance.stop('SIGTERM'), killed]).finally(() => clearTimeout(timer));
+          const output = instance.output().trim();
+          if (output !== '') console.log(`instance on port ${instance.port} logged:\n${output.slice(-4000)}`);
+        }),
+      ),
+    () => database?.drop(),
+    () => dropRedisPrefix(prefix),
+  ]);
 });
 
 test('50 concurrent purchases by one user: exactly the per-user limit of 10 succeed', async () => {

@@ -207,16 +207,21 @@ test('with a wrong REDIS_URL the service starts, says so on /health, and sells c
   assert.equal(await stopWithin(instance, 5000), 0, `exit code on SIGTERM without Redis\n${instance.output()}`);
 });
 
-test('when Redis dies mid-traffic the service keeps selling correctly, then picks Redis up again', { timeout: 90_000 }, async () => {
+// An instance pointed at a redis-server of this test's own; ready once /health says the cache is up
+// (it connects in the background).
+async function startWithOwnRedis() {
   const redisPort = await freePort();
   const redis = await startRedis(redisPort);
   const instance = await startInstance(
     testEnv(database!, prefix, { REDIS_URL: `redis://127.0.0.1:${redisPort}`, PER_USER_LIMIT: String(perUserLimit) }),
   );
   instances.push(instance);
-
-  // The cache connects in the background.
   const up = await healthBecomes(instance, 200, 10_000);
+  return { redisPort, redis, instance, up };
+}
+
+test('when Redis dies mid-traffic the service keeps selling correctly, then picks Redis up again', { timeout: 90_000 }, async () => {
+  const { redisPort, redis, instance, up } = await startWithOwnRedis();
   assert.equal(up.status, 200, JSON.stringify(up.body));
   assert.deepEqual(up.body, { status: 'ok', database: 'ok', redis: 'ok' });
 
@@ -330,13 +335,7 @@ test('when Redis dies mid-traffic the service keeps selling correctly, then pick
 // REDIS_TIMEOUT_MS must bound every Redis command, so the service sells through PostgreSQL as above.
 // node-redis's command timeout only covers a command's wait to be written, so cache.ts bounds each call itself.
 test('when Redis hangs, purchases still answer within the bound through PostgreSQL', { timeout: 60_000 }, async () => {
-  const redisPort = await freePort();
-  const redis = await startRedis(redisPort);
-  const instance = await startInstance(
-    testEnv(database!, prefix, { REDIS_URL: `redis://127.0.0.1:${redisPort}`, PER_USER_LIMIT: String(perUserLimit) }),
-  );
-  instances.push(instance);
-  const up = await healthBecomes(instance, 200, 10_000);
+  const { redis, instance, up } = await startWithOwnRedis();
   assert.deepEqual(up.body, { status: 'ok', database: 'ok', redis: 'ok' });
 
   const saleId = await currentSale(instance);
