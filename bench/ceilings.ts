@@ -25,7 +25,7 @@ export function purchaseScript(prefix: string): string {
   return `\\set i :i + 1
 \\set n :client_id + :clients * :i
 select outcome, item_id as "itemId", sale_id as "saleId", user_id as "userId",
-       purchased_at as "purchasedAt", per_user_limit as "perUserLimit", bought_codes as "boughtCodes"
+       purchased_at as "purchasedAt", per_user_limit as "perUserLimit"
 from purchase_one('${prefix}' || lpad(cast(:n as text), 21, '0'));
 `;
 }

@@ -25,12 +25,11 @@ $$;
 
 -- Sells the code's item to the code's user, or says why not. Locks in one order (item, then the
 -- user's row of the sale), so concurrent purchases cannot deadlock. A refusal changes nothing.
--- On limit_reached it also returns the codes that bought the user's items of that sale.
 -- Outcomes: purchased, replayed (this code already bought it), code_unknown, code_expired,
 -- item_sold (to another code), limit_reached.
 create or replace function purchase_one(p_code text)
 returns table (outcome text, item_id bigint, sale_id bigint, user_id text, purchased_at timestamptz,
-               bought integer, per_user_limit integer, bought_codes text[])
+               bought integer, per_user_limit integer)
 language plpgsql as $$
 declare
   attempt record;
@@ -40,7 +39,7 @@ begin
   from checkout_attempts c join sales s on s.id = c.sale_id
   where c.code_hash = sha256(convert_to(p_code, 'UTF8')) and c.outcome = 'issued';
   if not found then
-    return query select 'code_unknown', null::bigint, null::bigint, null::text, null::timestamptz, null::integer, null::integer, null::text[];
+    return query select 'code_unknown', null::bigint, null::bigint, null::text, null::timestamptz, null::integer, null::integer;
     return;
   end if;
   item_id := attempt.item_id; sale_id := attempt.sale_id; user_id := attempt.user_id;
@@ -77,9 +76,6 @@ begin
     update items i set buyer_id = null, purchase_code = null, sold_at = null where i.id = attempt.item_id;
     outcome := 'limit_reached';
     purchased_at := null;
-    -- The codes that filled the limit can never change: a cache may answer for every other code.
-    select array_agg(i.purchase_code order by i.id) into bought_codes
-    from items i where i.buyer_id = attempt.user_id and i.sale_id = attempt.sale_id;
   else
     outcome := 'purchased';
   end if;

@@ -49,7 +49,7 @@ function rawCheckout(request: FastifyRequest) {
 
 const publicDir = fileURLToPath(new URL('../public/', import.meta.url));
 
-export function buildApp(config: Config, deps: Pick<Deps, 'sql' | 'cache'>) {
+export function buildApp(config: Config, deps: Pick<Deps, 'sql' | 'redis'>) {
   const hops = Number(config.trustProxy);
   const app = Fastify({
     logger: { level: config.logLevel },
@@ -86,7 +86,7 @@ export function buildApp(config: Config, deps: Pick<Deps, 'sql' | 'cache'>) {
     if (closing) reply.header('connection', 'close');
   });
 
-  const metrics = createMetrics({ sql: deps.sql, cache: deps.cache, databasePoolMax: config.databasePoolMax });
+  const metrics = createMetrics({ sql: deps.sql, redis: deps.redis, databasePoolMax: config.databasePoolMax });
   app.addHook('onResponse', async (request, reply) => {
     metrics.observeRequest(request.method, request.routeOptions.url ?? 'unknown', reply.statusCode, reply.elapsedTime / 1000);
   });
@@ -125,7 +125,7 @@ export function buildApp(config: Config, deps: Pick<Deps, 'sql' | 'cache'>) {
   app.register(fastifyStatic, { root: publicDir, cacheControl: true, maxAge: 0, etag: true, lastModified: true });
   // The rate limits' hooks and the routes share one plugin context, so the hooks see every route.
   app.register(async (instance) => {
-    if (config.rateLimit) await registerRateLimits(instance, deps.cache, config.rateLimit);
+    if (config.rateLimit) await registerRateLimits(instance, deps.redis, config.rateLimit);
     registerRoutes(instance, {
       ...deps,
       metrics,

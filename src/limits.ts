@@ -3,7 +3,7 @@
 // requests through (degrade open): they protect the service, they never decide a sale.
 import rateLimit, { type FastifyRateLimitStoreCtor } from '@fastify/rate-limit';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import type { Cache } from './cache.ts';
+import type { Redis } from './redis.ts';
 import { AppError } from './errors.ts';
 
 export type LimitSettings = { windowMs: number; addressMax: number; userMax: number; badCodeMax: number };
@@ -15,8 +15,8 @@ function refuse(reply: { header: (name: string, value: number) => unknown }, sta
   throw new AppError('rate_limited', `Too many requests; retry in ${status.ttlInSeconds} s`);
 }
 
-export async function registerRateLimits(app: FastifyInstance, cache: Cache, settings: LimitSettings): Promise<void> {
-  const store = cache.rateLimitStore();
+export async function registerRateLimits(app: FastifyInstance, redis: Redis, settings: LimitSettings): Promise<void> {
+  const store = redis.rateLimitStore();
   await app.register(rateLimit, {
     // `new Store()` returning an object yields that object: every limiter shares the one Redis store.
     store: function RedisStore() {

@@ -1,13 +1,13 @@
 // Prometheus metrics: requests by route and status, checkout and purchase outcomes, items sold per
 // sale (read from PostgreSQL at scrape time, so every instance reports the same truth), pool state.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { Cache } from './cache.ts';
+import type { Redis } from './redis.ts';
 import type { Sql } from './db.ts';
 import { connectionStates, listSales } from './store.ts';
 
 export type Metrics = ReturnType<typeof createMetrics>;
 
-export function createMetrics(deps: { sql: Sql; cache: Cache; databasePoolMax: number }) {
+export function createMetrics(deps: { sql: Sql; redis: Redis; databasePoolMax: number }) {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
 
@@ -26,8 +26,8 @@ export function createMetrics(deps: { sql: Sql; cache: Cache; databasePoolMax: n
   });
   const purchaseOutcomes = new Counter({
     name: 'purchase_outcomes_total',
-    help: 'Purchase requests by outcome and by who answered (postgres decides; redis only repeats known facts)',
-    labelNames: ['outcome', 'answered_by'] as const,
+    help: 'Purchase requests by outcome',
+    labelNames: ['outcome'] as const,
     registers: [registry],
   });
   new Gauge({
@@ -57,10 +57,10 @@ export function createMetrics(deps: { sql: Sql; cache: Cache; databasePoolMax: n
   });
   new Gauge({
     name: 'redis_connected',
-    help: '1 while the Redis connection is ready, 0 while the service runs without its cache',
+    help: '1 while the Redis connection is ready, 0 while the service runs without it (rate limits let requests through)',
     registers: [registry],
     collect() {
-      this.set(deps.cache.isReady() ? 1 : 0);
+      this.set(deps.redis.isReady() ? 1 : 0);
     },
   });
 
@@ -72,8 +72,8 @@ export function createMetrics(deps: { sql: Sql; cache: Cache; databasePoolMax: n
     checkout(outcome: string): void {
       checkoutOutcomes.inc({ outcome });
     },
-    purchase(outcome: string, answeredBy: 'postgres' | 'redis'): void {
-      purchaseOutcomes.inc({ outcome, answered_by: answeredBy });
+    purchase(outcome: string): void {
+      purchaseOutcomes.inc({ outcome });
     },
   };
 }

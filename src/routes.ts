@@ -1,6 +1,6 @@
 // Thin handlers: read the validated request, call the shop or the store, shape the reply.
 import type { FastifyInstance } from 'fastify';
-import type { Cache } from './cache.ts';
+import type { Redis } from './redis.ts';
 import type { Sql } from './db.ts';
 import type { Metrics } from './metrics.ts';
 import { AppError } from './errors.ts';
@@ -11,7 +11,7 @@ import * as store from './store.ts';
 
 export type Deps = {
   sql: Sql;
-  cache: Cache;
+  redis: Redis;
   metrics: Metrics;
   rules: store.SaleRules;
   codeTtlSeconds: number;
@@ -49,7 +49,6 @@ const saleView = (sale: store.SaleSummary) => ({
 export function registerRoutes(app: FastifyInstance, deps: Deps): void {
   const shopDeps = shop.createShop({
     sql: deps.sql,
-    cache: deps.cache,
     metrics: deps.metrics,
     codeTtlSeconds: deps.codeTtlSeconds,
     batchesInFlight: deps.batchesInFlight,
@@ -89,7 +88,7 @@ export function registerRoutes(app: FastifyInstance, deps: Deps): void {
   app.get('/health', { schema: schemas.healthSchema, config: unlimited }, async (_request, reply) => {
     const [database, redis] = await Promise.all([
       withTimeout(store.ping(deps.sql), deps.healthTimeoutMs),
-      withTimeout(deps.cache.ping(), deps.healthTimeoutMs),
+      withTimeout(deps.redis.ping(), deps.healthTimeoutMs),
     ]);
     const ok = database === 'ok' && redis === 'ok';
     return reply.code(ok ? 200 : 503).send({ status: ok ? 'ok' : 'error', database, redis });

@@ -1,6 +1,6 @@
 // The entry point: config → database → migrations → app → listen, and an orderly drain on SIGTERM.
 import { buildApp } from './app.ts';
-import { createCache } from './cache.ts';
+import { createRedis } from './redis.ts';
 import { ConfigError, loadConfig, type Config } from './config.ts';
 import { connect, ensureDatabase, migrate } from './db.ts';
 import { startScheduler } from './scheduler.ts';
@@ -20,13 +20,13 @@ async function withRetries<T>(work: () => Promise<T>, attempts: number, onRetry:
 
 async function main(config: Config): Promise<void> {
   const sql = connect(config.databaseUrl, { max: config.databasePoolMax });
-  const cache = createCache({
+  const redis = createRedis({
     url: config.redisUrl,
     keyPrefix: config.redisKeyPrefix,
     timeoutMs: config.redisTimeoutMs,
-    onError: (error) => app.log.warn({ err: error }, 'redis error; serving without cache'),
+    onError: (error) => app.log.warn({ err: error }, 'redis error; rate limits let requests through until it is back'),
   });
-  const app = buildApp(config, { sql, cache });
+  const app = buildApp(config, { sql, redis });
 
   await withRetries(
     async () => {
@@ -37,7 +37,7 @@ async function main(config: Config): Promise<void> {
     30,
     (error) => app.log.warn({ err: error }, 'database not ready; retrying'),
   );
-  cache.start();
+  redis.start();
   const scheduler = startScheduler(sql, config, app.log);
   await app.listen({ port: config.port, host: config.host });
 
@@ -52,7 +52,7 @@ async function main(config: Config): Promise<void> {
     }, config.shutdownGraceMs).unref();
     scheduler.stop();
     await app.close(); // stops accepting, waits for in-flight requests
-    await cache.close();
+    await redis.close();
     await sql.end({ timeout: 5 });
     app.log.info('stopped');
   };

@@ -1,7 +1,7 @@
-// Checkout and purchase: PostgreSQL decides each in one statement; Redis only answers what can no
-// longer change (a sold item, a user at the limit, a replayed receipt) and is never asked to decide.
+// Checkout and purchase: PostgreSQL decides each, in one statement shared by concurrent requests.
+// Neither asks Redis anything: a Redis round trip in front of every purchase cost more than the
+// refusals it could answer saved (BENCHMARKS.md).
 import { randomBytes } from 'node:crypto';
-import type { Cache, Receipt } from './cache.ts';
 import { coalesce } from './batch.ts';
 import { retryOnce, type Sql } from './db.ts';
 import { AppError, messages } from './errors.ts';
@@ -10,12 +10,13 @@ import * as store from './store.ts';
 
 export type Shop = ReturnType<typeof createShop>;
 
+export type Receipt = { code: string; itemId: number; saleId: number; userId: string; purchasedAt: string };
+
 // Concurrent checkouts (and purchases) share one statement: at most `batchesInFlight` statements of each
 // kind run at once, and requests arriving meanwhile wait to go together in the next one (at most 64).
-export function createShop(deps: { sql: Sql; cache: Cache; metrics: Metrics; codeTtlSeconds: number; batchesInFlight: number }) {
+export function createShop(deps: { sql: Sql; metrics: Metrics; codeTtlSeconds: number; batchesInFlight: number }) {
   const limits = { maxBatch: 64, maxInFlight: deps.batchesInFlight };
   return {
-    cache: deps.cache,
     metrics: deps.metrics,
     // A connection cut (a restarted PostgreSQL, pg_terminate_backend) fails a whole batch: it is tried once
     // more on a fresh connection (both statements are idempotent) rather than failing all its requests.
@@ -37,20 +38,12 @@ export async function checkout(shop: Shop, userId: string, itemId: number) {
   shop.metrics.checkout(result.outcome);
   if (result.outcome === 'item_unknown') throw new AppError('item_unknown', messages.itemUnknown(itemId));
   if (result.outcome === 'item_sold') throw new AppError('item_sold', messages.itemSold(itemId));
-  const issued = { code: result.code!, userId, itemId, saleId: result.saleId!, expiresAt: result.expiresAt! };
-  shop.cache.rememberCode(issued.code, issued);
-  return issued;
+  return { code: result.code!, userId, itemId, saleId: result.saleId!, expiresAt: result.expiresAt! };
 }
 
 export async function purchase(shop: Shop, code: string): Promise<Receipt> {
-  const shortcut = await shop.cache.purchaseShortcut(code);
-  if (shortcut) shop.metrics.purchase(shortcut.outcome, 'redis');
-  if (shortcut?.outcome === 'replayed') return shortcut.receipt;
-  if (shortcut?.outcome === 'item_sold') throw new AppError('item_sold', messages.itemSold(shortcut.itemId));
-  if (shortcut?.outcome === 'limit_reached') throw new AppError('limit_reached', messages.limitReached(shortcut.perUserLimit));
-
   const result = await shop.decidePurchase(code);
-  shop.metrics.purchase(result.outcome, 'postgres');
+  shop.metrics.purchase(result.outcome);
   switch (result.outcome) {
     case 'code_unknown':
       throw new AppError('code_unknown', messages.codeUnknown());
@@ -59,19 +52,9 @@ export async function purchase(shop: Shop, code: string): Promise<Receipt> {
     case 'item_sold':
       throw new AppError('item_sold', messages.itemSold(result.itemId!));
     case 'limit_reached':
-      shop.cache.rememberLimit(result.saleId!, result.userId!, result.perUserLimit!, result.boughtCodes ?? []);
       throw new AppError('limit_reached', messages.limitReached(result.perUserLimit!));
     case 'purchased':
-    case 'replayed': {
-      const receipt = {
-        code,
-        itemId: result.itemId!,
-        saleId: result.saleId!,
-        userId: result.userId!,
-        purchasedAt: result.purchasedAt!.toISOString(),
-      };
-      shop.cache.rememberSold(receipt);
-      return receipt;
-    }
+    case 'replayed':
+      return { code, itemId: result.itemId!, saleId: result.saleId!, userId: result.userId!, purchasedAt: result.purchasedAt!.toISOString() };
   }
 }

@@ -50,14 +50,13 @@ export type PurchaseResult = {
   userId: string | null;
   purchasedAt: Date | null;
   perUserLimit: number | null;
-  boughtCodes: string[] | null;
 };
 
 // Any number of purchases, each decided, in one transaction.
 export async function purchase(sql: Sql, codes: string[]): Promise<PurchaseResult[]> {
   const rows = await sql<(PurchaseResult & { ord: number })[]>`
     select ord, outcome, item_id as "itemId", sale_id as "saleId", user_id as "userId",
-           purchased_at as "purchasedAt", per_user_limit as "perUserLimit", bought_codes as "boughtCodes"
+           purchased_at as "purchasedAt", per_user_limit as "perUserLimit"
     from purchase(${codes}::text[])`;
   return inOrder(rows);
 }

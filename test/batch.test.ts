@@ -71,7 +71,6 @@ test('one purchase statement decides a mixed batch exactly as one at a time woul
       ['purchased', 4, 'cid'],
     ],
   );
-  assert.deepEqual(results[3]!.boughtCodes, [code('a1'), code('a2')]);
   assert.equal(results[4]!.purchasedAt?.getTime(), results[0]!.purchasedAt?.getTime(), 'the replay repeats the receipt');
 
   // Refusals leave nothing behind: bob, who bought nothing, has no row; the counts match the items.

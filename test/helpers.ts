@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import postgres from 'postgres';
 import { createClient } from 'redis';
 import { buildApp } from '../src/app.ts';
-import { createCache } from '../src/cache.ts';
+import { createRedis } from '../src/redis.ts';
 import { loadConfig, type Config } from '../src/config.ts';
 import { connect, migrate, type Sql } from '../src/db.ts';
 
@@ -57,22 +57,30 @@ export function testEnv(database: TestDatabase, prefix: string, overrides: Recor
   };
 }
 
+// Rate limits on but never reached: every request then counts in Redis, so Redis is on its path.
+export const limitsNeverReached = {
+  RATE_LIMIT: 'on',
+  RATE_LIMIT_ADDRESS_MAX: '10000000',
+  RATE_LIMIT_USER_MAX: '10000000',
+  RATE_LIMIT_BAD_CODE_MAX: '10000000',
+};
+
 export type TestApp = { app: ReturnType<typeof buildApp>; config: Config; close: () => Promise<void> };
 
 // The same buildApp that server.ts uses, with the config read from the same variables.
 export async function startApp(database: TestDatabase, prefix: string, overrides: Record<string, string> = {}): Promise<TestApp> {
   const config = loadConfig(testEnv(database, prefix, { LOG_LEVEL: 'silent', ...overrides }));
   const sql = connect(config.databaseUrl, { max: config.databasePoolMax });
-  const cache = createCache({ url: config.redisUrl, keyPrefix: config.redisKeyPrefix, timeoutMs: config.redisTimeoutMs, onError: () => {} });
-  cache.start();
-  const app = buildApp(config, { sql, cache });
+  const redis = createRedis({ url: config.redisUrl, keyPrefix: config.redisKeyPrefix, timeoutMs: config.redisTimeoutMs, onError: () => {} });
+  redis.start();
+  const app = buildApp(config, { sql, redis });
   await app.ready();
   return {
     app,
     config,
     async close() {
       await app.close();
-      await cache.close();
+      await redis.close();
       await sql.end({ timeout: 5 });
     },
   };

@@ -1,30 +1,6 @@
-// Redis remembers facts that can never become false again, so that refusals and replays can skip
-// PostgreSQL: what a code is bound to, that an item is sold (and to which code), that a user has
-// reached a sale's limit. Any Redis error or timeout means "no cache": the caller asks PostgreSQL.
+// Redis protects the service and never decides: the rate limits of every instance count here. Any
+// Redis error or timeout means "no limit" for that request (degrade open): PostgreSQL still decides.
 import { createClient } from 'redis';
-
-export type Receipt = { code: string; itemId: number; saleId: number; userId: string; purchasedAt: string };
-
-export type Shortcut =
-  | { outcome: 'replayed'; receipt: Receipt }
-  | { outcome: 'item_sold'; itemId: number }
-  | { outcome: 'limit_reached'; itemId: number; perUserLimit: number };
-
-// One round trip: the code's binding, then the item's and the user's facts it points to.
-const shortcutScript = `
-local binding = redis.call('GET', ARGV[1] .. 'code:' .. ARGV[2])
-if not binding then return false end
-local item, sale, user = string.match(binding, '^(%d+)|(%d+)|(.*)$')
-local sold = redis.call('GET', ARGV[1] .. 'sold:' .. item)
-if sold then return {'sold', item, sold} end
-local limit = redis.call('GET', ARGV[1] .. 'limit:' .. sale .. ':' .. user)
-if not limit then return false end
-local max, codes = string.match(limit, '^(%d+)|(.*)$')
--- A code that filled the limit may be replayed: only PostgreSQL has its receipt then.
-if string.find(',' .. codes .. ',', ',' .. ARGV[2] .. ',', 1, true) then return false end
-return {'limit', item, max}`;
-
-const soldTtlSeconds = 7 * 24 * 3600;
 
 // A fixed-window counter: the first hit of a window sets its expiry.
 const countScript = `
@@ -40,9 +16,9 @@ return {tonumber(current), redis.call('PTTL', KEYS[1])}`;
 type Count = { current: number; ttl: number };
 type CountCallback = (error: Error | null, count: Count | null) => void;
 
-export type Cache = ReturnType<typeof createCache>;
+export type Redis = ReturnType<typeof createRedis>;
 
-export function createCache(options: { url: string; keyPrefix: string; timeoutMs: number; onError: (error: Error) => void }) {
+export function createRedis(options: { url: string; keyPrefix: string; timeoutMs: number; onError: (error: Error) => void }) {
   const prefix = options.keyPrefix;
   const client = createClient({
     url: options.url,
@@ -98,23 +74,6 @@ export function createCache(options: { url: string; keyPrefix: string; timeoutMs
       await client.ping();
     },
 
-    // The binding expires with the code (PostgreSQL's expires_at), so an expired code always reaches
-    // PostgreSQL and hears code_expired.
-    rememberCode(code: string, binding: { itemId: number; saleId: number; userId: string; expiresAt: Date }): void {
-      const value = `${binding.itemId}|${binding.saleId}|${binding.userId}`;
-      void quietly(() => client.set(`${prefix}code:${code}`, value, { PXAT: binding.expiresAt.getTime() }));
-    },
-
-    rememberSold(receipt: Receipt): void {
-      void quietly(() => client.set(`${prefix}sold:${receipt.itemId}`, JSON.stringify(receipt), { EX: soldTtlSeconds }));
-    },
-
-    // boughtCodes: the codes that filled the limit, so that replaying one of them still reaches PostgreSQL.
-    rememberLimit(saleId: number, userId: string, perUserLimit: number, boughtCodes: string[]): void {
-      const value = `${perUserLimit}|${boughtCodes.join(',')}`;
-      void quietly(() => client.set(`${prefix}limit:${saleId}:${userId}`, value, { EX: soldTtlSeconds }));
-    },
-
     // A store for @fastify/rate-limit, shared by every instance. With Redis down or slow it reports an
     // error, and the limiter (skipOnError) lets the request through: limits degrade open, not closed.
     rateLimitStore() {
@@ -133,15 +92,6 @@ export function createCache(options: { url: string; keyPrefix: string; timeoutMs
         child: () => store,
       };
       return store;
-    },
-
-    async purchaseShortcut(code: string): Promise<Shortcut | null> {
-      const reply = await quietly(() => client.eval(shortcutScript, { arguments: [prefix, code] }));
-      if (!Array.isArray(reply)) return null;
-      const [kind, item, value] = reply as [string, string, string];
-      if (kind === 'limit') return { outcome: 'limit_reached', itemId: Number(item), perUserLimit: Number(value) };
-      const receipt = JSON.parse(value) as Receipt;
-      return receipt.code === code ? { outcome: 'replayed', receipt } : { outcome: 'item_sold', itemId: Number(item) };
     },
   };
 }
