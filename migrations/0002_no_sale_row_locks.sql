@@ -10,6 +10,12 @@
 alter table checkout_attempts drop constraint checkout_attempts_sale_id_fkey;
 alter table sale_buyers drop constraint sale_buyers_sale_id_fkey;
 
+-- Both batched functions find rows only through unique keys (a code's hash, an item's or a buyer's
+-- primary key), yet the planner picked sequential scans of checkout_attempts for them while the table
+-- was young and never analyzed (a fresh database, the first sale): each lookup then read the whole
+-- table, and a first stampede took 41 s instead of seconds. The plans may not depend on statistics.
+alter function checkout(text[], bigint[], text[], integer) set enable_seqscan = off;
+
 -- The return type changes, so the function is dropped and created again (in this one transaction).
 drop function purchase(text[]);
 
@@ -21,7 +27,7 @@ drop function purchase(text[]);
 create function purchase(p_codes text[])
 returns table (ord bigint, outcome text, item_id bigint, sale_id bigint, user_id text, purchased_at timestamptz,
                per_user_limit integer)
-language plpgsql as $$
+language plpgsql set enable_seqscan = off as $$
 declare
   request record;
   sold_by text;

@@ -94,3 +94,34 @@ test('a checkout statement sent again (a lost connection, retried) records nothi
   const [count] = await database.sql<{ count: number }[]>`select count(*) as count from checkout_attempts where user_id = 'dan'`;
   assert.equal(count!.count, 2);
 });
+
+// A young table (a fresh database, the first sale) has no statistics, and a plan cached while it was
+// tiny scans it whole on every call as it grows: the batched functions must always go by index.
+test('on a fresh, never-analyzed database the batched statements find every row by index, never by scanning a table', async () => {
+  const fresh = await createDatabase();
+  try {
+    await fresh.sql`select * from ensure_current_sale(3600, 100, 2)`;
+    const code = (name: string) => name.padEnd(22, 'z');
+    // One connection, one transaction: pg_stat_xact_user_tables counts what this backend has done.
+    const connection = await fresh.sql.reserve();
+    let scans: { table: string; scans: number }[];
+    try {
+      // Counts not yet flushed from the connection's earlier statements show here too: take the difference.
+      const counts = () => connection<{ table: string; scans: number }[]>`
+        select relname as table, seq_scan as scans from pg_stat_xact_user_tables
+        where relname in ('checkout_attempts', 'items', 'sale_buyers', 'sales') order by relname`;
+      await connection`begin`;
+      const before = await counts();
+      await store.checkout(connection, [{ userId: 'dee', itemId: 5, code: code('d5') }, { userId: 'eve', itemId: 6, code: code('e6') }], 600);
+      await store.purchase(connection, [code('d5'), code('e6'), code('unknown')]);
+      scans = (await counts()).map((row, index) => ({ table: row.table, scans: row.scans - before[index]!.scans }));
+      await connection`rollback`;
+    } finally {
+      connection.release();
+    }
+    assert.equal(scans.length, 4, 'the statistics of this transaction cover the four tables');
+    assert.deepEqual(scans.filter((row) => row.scans > 0), [], 'tables read by a sequential scan');
+  } finally {
+    await fresh.drop();
+  }
+});
