@@ -4,11 +4,17 @@
 -- per-request statements, not with their own one-element form.
 
 -- Records one checkout attempt and decides it, in one statement: the item must exist and be unsold.
--- A code never holds the item: the first valid purchase wins.
+-- A code never holds the item: the first valid purchase wins. plpgsql with cached plans, as the
+-- service's checkout() (migration 0003): a SQL function's statement is planned again at every call.
 create or replace function checkout_one(p_user_id text, p_item_id bigint, p_code text, p_ttl_seconds integer)
 returns table (outcome text, sale_id bigint, code text, expires_at timestamptz)
-language sql as $$
-  insert into checkout_attempts (outcome, user_id, item_id, sale_id, code, code_hash, expires_at)
+language plpgsql
+set plan_cache_mode = force_generic_plan
+set enable_seqscan = off set enable_hashjoin = off set enable_mergejoin = off set enable_material = off
+as $$
+begin
+  return query
+  insert into checkout_attempts as a (outcome, user_id, item_id, sale_id, code, code_hash, expires_at)
   select o.outcome, p_user_id, p_item_id, i.sale_id,
          case when o.outcome = 'issued' then p_code end,
          sha256(convert_to(p_code, 'UTF8')),
@@ -20,7 +26,8 @@ language sql as $$
                 when i.buyer_id is not null then 'item_sold'
                 else 'issued' end as outcome
   ) as o
-  returning outcome, sale_id, code, expires_at
+  returning a.outcome, a.sale_id, a.code, a.expires_at;
+end;
 $$;
 
 -- Sells the code's item to the code's user, or says why not. Locks in one order (item, then the
