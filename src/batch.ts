@@ -1,16 +1,22 @@
-// Coalesces concurrent calls into one: while every slot is busy, arrivals wait and then go together.
+// Coalesces concurrent calls into one: while a statement runs, arrivals wait and then go together.
 // Under light load a call runs alone at once; under a stampede one statement serves many requests.
 // Each caller's promise settles only after the whole batch's statement has returned (committed).
 type Pending<I, O> = { input: I; resolve: (output: O) => void; reject: (error: unknown) => void };
 
+// One statement at a time, a second one alongside only when a full batch is waiting: big batches cost
+// PostgreSQL far less per request than several small ones at once (BENCHMARKS.md), and a queue longer
+// than a batch still gets up to `maxInFlight` statements.
 export function coalesce<I, O>(run: (inputs: I[]) => Promise<O[]>, limits: { maxBatch: number; maxInFlight: number }) {
   const queue: Pending<I, O>[] = [];
   let inFlight = 0;
   let scheduled = false;
 
+  const mayStart = () =>
+    queue.length > 0 && inFlight < limits.maxInFlight && (inFlight === 0 || queue.length >= limits.maxBatch);
+
   function flush(): void {
     scheduled = false;
-    while (queue.length > 0 && inFlight < limits.maxInFlight) {
+    while (mayStart()) {
       const batch = queue.splice(0, limits.maxBatch);
       inFlight += 1;
       run(batch.map((pending) => pending.input))
@@ -29,7 +35,7 @@ export function coalesce<I, O>(run: (inputs: I[]) => Promise<O[]>, limits: { max
     new Promise<O>((resolve, reject) => {
       queue.push({ input, resolve, reject });
       // Calls made in the same turn of the event loop share the next batch.
-      if (!scheduled && inFlight < limits.maxInFlight) {
+      if (!scheduled && mayStart()) {
         scheduled = true;
         setImmediate(flush);
       }

@@ -12,8 +12,8 @@ export type Shop = ReturnType<typeof createShop>;
 
 export type Receipt = { code: string; itemId: number; saleId: number; userId: string; purchasedAt: string };
 
-// Concurrent checkouts (and purchases) share one statement: at most `batchesInFlight` statements of each
-// kind run at once, and requests arriving meanwhile wait to go together in the next one (at most 64).
+// Concurrent checkouts (and purchases) share one statement: requests arriving while one runs wait to go
+// together in the next (at most 64 each, at most `batchesInFlight` statements of a kind at once).
 export function createShop(deps: { sql: Sql; metrics: Metrics; codeTtlSeconds: number; batchesInFlight: number }) {
   const limits = { maxBatch: 64, maxInFlight: deps.batchesInFlight };
   return {

@@ -22,6 +22,34 @@ test('coalesce: callers arriving while a statement runs go together, each gets i
   assert.deepEqual(batches, [[1], [2, 3, 4], [5, 6, 7]], 'batches of at most maxBatch, in arrival order');
 });
 
+test('coalesce: a second statement starts alongside the first only when a full batch is waiting', async () => {
+  const started: number[][] = [];
+  const gates: (() => void)[] = [];
+  const echo = coalesce(async (inputs: number[]) => {
+    started.push(inputs);
+    await new Promise<void>((resolve) => gates.push(resolve));
+    return inputs;
+  }, { maxBatch: 3, maxInFlight: 2 });
+  const tick = () => new Promise((resolve) => setImmediate(resolve));
+
+  const calls = [echo(1)];
+  await tick();
+  calls.push(echo(2), echo(3));
+  await tick();
+  assert.deepEqual(started, [[1]], 'two waiting are less than a batch: they wait for the first statement');
+  calls.push(echo(4));
+  await tick();
+  assert.deepEqual(started, [[1], [2, 3, 4]], 'a full batch waiting starts a second statement at once');
+  calls.push(echo(5));
+  await tick();
+  assert.equal(started.length, 2, 'never more than maxInFlight statements');
+  gates.forEach((open) => open());
+  await tick();
+  gates.slice(2).forEach((open) => open());
+  assert.deepEqual(await Promise.all(calls), [1, 2, 3, 4, 5]);
+  assert.deepEqual(started, [[1], [2, 3, 4], [5]]);
+});
+
 test('coalesce: a failed statement fails its own callers only', async () => {
   const run = coalesce(async (inputs: string[]) => {
     if (inputs.includes('bad')) throw new Error('statement failed');
