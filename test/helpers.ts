@@ -2,11 +2,12 @@
 // service processes. Nothing here assumes a clean server: everything made is named uniquely and dropped.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { connect as netConnect, createServer } from 'node:net';
+import { connect as netConnect } from 'node:net';
 import { after, before } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import postgres from 'postgres';
 import { createClient } from 'redis';
+import { freePort } from '../bench/procs.ts';
 import { buildApp } from '../src/app.ts';
 import { createRedis } from '../src/redis.ts';
 import { loadConfig, type Config } from '../src/config.ts';
@@ -86,16 +87,8 @@ export async function startApp(database: TestDatabase, prefix: string, overrides
   };
 }
 
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => resolve(typeof address === 'object' && address ? address.port : 0));
-    });
-  });
-}
+// The benchmark starts its processes on free ports the same way.
+export { freePort };
 
 export type Instance = { url: string; port: number; child: ChildProcess; output: () => string; stop: (signal?: NodeJS.Signals) => Promise<number | null> };
 
