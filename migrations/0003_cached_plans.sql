@@ -2,9 +2,9 @@
 
 -- checkout() was a SQL function, and PostgreSQL plans a SQL function's statement anew at every call;
 -- purchase()'s statements got custom plans for each call, because a batch's array is a different
--- constant every time. Planning cost more than the work: as plpgsql with cached generic plans, a
--- batch of 4 checkouts ran 2.5 times as many per second and a batch of 4 purchases 1.4 times
--- (pgbench, 16 clients, side by side).
+-- constant every time. Planning cost more than the work: with cached generic plans, batches of 4
+-- checkouts ran 2.3-2.5 times as many per second and batches of 4 purchases 1.4-1.6 times (pgbench,
+-- 16 clients, side by side).
 --
 -- A generic plan is made once per connection, without the batch's size, and is kept while the tables
 -- grow: made on a fresh database, a plan that reads a whole (then tiny) table for every request would
