@@ -16,7 +16,7 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { saleInfo } from './database.ts';
 import { renderMarkdown } from './markdown.ts';
-import { killAll, startService, stopChild, type Server } from './procs.ts';
+import { killAll, limitsNeverReached, startService, stopChild, type Server } from './procs.ts';
 import { measure, type Measurements } from './phases.ts';
 import { createDatabase, describeMachine, dropRedisPrefix, localRedisPid, type Machine } from './setup.ts';
 import type { Context } from './steps.ts';
@@ -33,9 +33,7 @@ function setting(name: string, fallback: number, min: number, max: number): numb
 export type Settings = { pool: number; durationS: number; adminUrl: string; redisUrl: string; rateLimit: 'on' | 'off' };
 
 function rateLimitEnv(rateLimit: 'on' | 'off'): Record<string, string> {
-  if (rateLimit === 'off') return { RATE_LIMIT: 'off' };
-  const never = '10000000';
-  return { RATE_LIMIT: 'on', RATE_LIMIT_ADDRESS_MAX: never, RATE_LIMIT_USER_MAX: never, RATE_LIMIT_BAD_CODE_MAX: never };
+  return rateLimit === 'off' ? { RATE_LIMIT: 'off' } : limitsNeverReached;
 }
 
 export type BenchResults = {

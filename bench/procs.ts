@@ -91,6 +91,14 @@ async function waitReady(target: Child, url: string, logFile: string, timeoutMs:
 
 export type Server = Child & { url: string; port: number; logFile: string };
 
+// A service's rate limits on but never reached: every request then counts in Redis, so Redis is on its path.
+export const limitsNeverReached = {
+  RATE_LIMIT: 'on',
+  RATE_LIMIT_ADDRESS_MAX: '10000000',
+  RATE_LIMIT_USER_MAX: '10000000',
+  RATE_LIMIT_BAD_CODE_MAX: '10000000',
+};
+
 // A real service process, `node --trace-gc src/server.ts` (a line per garbage collection in its log, read
 // by bench/memory.ts), ready once /health says PostgreSQL and Redis are both up.
 export async function startService(env: Record<string, string>, logFile: string): Promise<Server> {

@@ -15,7 +15,7 @@ import { Pool } from 'undici';
 import { auditSales, violations } from '../src/audit.ts';
 import type { Sql } from '../src/db.ts';
 import {
-  cleanUp, createDatabase, dropRedisPrefix, freePort, limitsNeverReached, startInstance, startRedisServer, testEnv, uniquePrefix, type Instance, type TestDatabase,
+  cleanUp, createDatabase, dropRedisPrefix, freePort, limitsNeverReached, readJson, startInstance, startRedisServer, testEnv, uniquePrefix, type Instance, type TestDatabase,
 } from './helpers.ts';
 
 const skewedClockPath = fileURLToPath(new URL('./fixtures/skewed-clock.ts', import.meta.url));
@@ -198,13 +198,7 @@ async function send(target: Target, op: string, method: 'GET' | 'POST', path: st
       bodyTimeout: timeoutMs,
       signal: AbortSignal.timeout(timeoutMs + 500),
     });
-    const text = await response.body.text();
-    let body: Json;
-    try {
-      body = text === '' ? {} : (JSON.parse(text) as Json);
-    } catch {
-      body = { error: 'not_json', message: text.slice(0, 200) };
-    }
+    const body = await readJson<Json>(response.body);
     const connection = response.headers.connection;
     return { op, target: target.name, path, startedAt, endedAt: Date.now(), status: response.statusCode, body, connection: typeof connection === 'string' ? connection : undefined };
   } catch (error) {

@@ -7,7 +7,7 @@ import { after, before } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import postgres from 'postgres';
 import { createClient } from 'redis';
-import { freePort } from '../bench/procs.ts';
+import { freePort, limitsNeverReached } from '../bench/procs.ts';
 import { buildApp } from '../src/app.ts';
 import { createRedis } from '../src/redis.ts';
 import { loadConfig, type Config } from '../src/config.ts';
@@ -58,13 +58,6 @@ export function testEnv(database: TestDatabase, prefix: string, overrides: Recor
   };
 }
 
-// Rate limits on but never reached: every request then counts in Redis, so Redis is on its path.
-export const limitsNeverReached = {
-  RATE_LIMIT: 'on',
-  RATE_LIMIT_ADDRESS_MAX: '10000000',
-  RATE_LIMIT_USER_MAX: '10000000',
-  RATE_LIMIT_BAD_CODE_MAX: '10000000',
-};
 
 export type TestApp = { app: ReturnType<typeof buildApp>; config: Config; close: () => Promise<void> };
 
@@ -87,8 +80,8 @@ export async function startApp(database: TestDatabase, prefix: string, overrides
   };
 }
 
-// The benchmark starts its processes on free ports the same way.
-export { freePort };
+// The benchmark starts its processes on free ports, and with rate limits never reached, the same way.
+export { freePort, limitsNeverReached };
 
 export type Instance = { url: string; port: number; child: ChildProcess; output: () => string; stop: (signal?: NodeJS.Signals) => Promise<number | null> };
 
@@ -205,6 +198,16 @@ export function useTestApp(overrides: Record<string, string> = {}) {
     await dropRedisPrefix(fixture.prefix);
   });
   return fixture;
+}
+
+// A response body read whole, as JSON; one that is not JSON (a proxy's page, a crash) becomes an error.
+export async function readJson<T extends object>(body: { text: () => Promise<string> }): Promise<T> {
+  const text = await body.text();
+  try {
+    return (text === '' ? {} : JSON.parse(text)) as T;
+  } catch {
+    return { error: 'not_json', message: text.slice(0, 200) } as T;
+  }
 }
 
 // Runs every clean-up step in order, even when one fails, then reports all the failures together.

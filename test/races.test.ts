@@ -11,6 +11,7 @@ import {
   createDatabase,
   currentSaleId,
   dropRedisPrefix,
+  readJson,
   startInstance,
   testEnv,
   uniquePrefix,
@@ -50,14 +51,7 @@ async function send(method: 'GET' | 'POST', path: string): Promise<Reply> {
     headersTimeout: requestTimeoutMs,
     bodyTimeout: requestTimeoutMs,
   });
-  const text = await response.body.text();
-  let body: Body;
-  try {
-    body = text === '' ? {} : (JSON.parse(text) as Body);
-  } catch {
-    body = { error: 'not_json', message: text.slice(0, 200) };
-  }
-  return { status: response.statusCode, body, instance };
+  return { status: response.statusCode, body: await readJson<Body>(response.body), instance };
 }
 
 const describe = (reply: Reply) => `${reply.status} ${reply.body.error ?? ''} ${reply.body.message ?? ''} (instance ${reply.instance})`;
