@@ -5,8 +5,9 @@
 // at the same concurrency, then writes bench/results/bench.json and BENCHMARKS.md. Everything it
 // started is stopped and everything it created is dropped, even on failure.
 //
-// Settings (environment): DATABASE_POOL_MAX (16: the service's pool, pgbench's clients and the load's
-// connections per instance), BENCH_DURATION (10 s per measured step), BENCH_ADMIN_URL
+// Settings (environment): DATABASE_POOL_MAX (16: the service's pool), BENCH_CONCURRENCY (64: pgbench's
+// clients and the load's connections per instance), BENCH_STAMPEDE_USERS (256: users shopping at once in
+// the stampede, over as many connections, split among the instances), BENCH_DURATION (10 s per measured step), BENCH_ADMIN_URL
 // (postgres://postgres@127.0.0.1:5432/postgres), REDIS_URL (redis://127.0.0.1:6379), PGBENCH (pgbench),
 // BENCH_RATE_LIMIT (off: the service's rate limits are off; on: they run, with limits never reached).
 import { randomBytes } from 'node:crypto';
@@ -30,7 +31,7 @@ function setting(name: string, fallback: number, min: number, max: number): numb
   return value;
 }
 
-export type Settings = { pool: number; durationS: number; adminUrl: string; redisUrl: string; rateLimit: 'on' | 'off' };
+export type Settings = { pool: number; concurrency: number; stampedeUsers: number; durationS: number; adminUrl: string; redisUrl: string; rateLimit: 'on' | 'off' };
 
 function rateLimitEnv(rateLimit: 'on' | 'off'): Record<string, string> {
   return rateLimit === 'off' ? { RATE_LIMIT: 'off' } : limitsNeverReached;
@@ -97,6 +98,10 @@ async function main(): Promise<number> {
   const startedAt = performance.now();
   const settings: Settings = {
     pool: setting('DATABASE_POOL_MAX', 16, 1, 1000),
+    // 64 requests at once is a busy minute of a sale, not yet its stampede; pgbench over 64 clients is
+    // PostgreSQL's ceiling for them (max_connections is 100 by default).
+    concurrency: setting('BENCH_CONCURRENCY', 64, 1, 1000),
+    stampedeUsers: setting('BENCH_STAMPEDE_USERS', 256, 2, 10_000),
     durationS: setting('BENCH_DURATION', 10, 1, 600),
     adminUrl: process.env.BENCH_ADMIN_URL || 'postgres://postgres@127.0.0.1:5432/postgres',
     redisUrl: process.env.REDIS_URL || 'redis://127.0.0.1:6379',
@@ -107,7 +112,7 @@ async function main(): Promise<number> {
   await mkdir(runDir, { recursive: true });
   const results: BenchResults = {
     startedAt: new Date().toISOString(), finishedAt: '', elapsedS: 0, ok: false, error: null,
-    runDir: runDir.replace(root, ''), settings: { pool: settings.pool, durationS: settings.durationS, redisUrl: settings.redisUrl, rateLimit: settings.rateLimit },
+    runDir: runDir.replace(root, ''), settings: { pool: settings.pool, concurrency: settings.concurrency, stampedeUsers: settings.stampedeUsers, durationS: settings.durationS, redisUrl: settings.redisUrl, rateLimit: settings.rateLimit },
     machine: null, measurements: {}, cleanup: [],
   };
   const prefix = `flash-bench:${id}:`;
@@ -116,7 +121,7 @@ async function main(): Promise<number> {
   const database = await createDatabase(settings.adminUrl, `flash_bench_${id}`);
   try {
     const redisPid = await localRedisPid(settings.redisUrl);
-    const ctx: Context = { runDir, databaseUrl: database.url, sql: database.sql, pool: settings.pool, durationS: settings.durationS, redisPid };
+    const ctx: Context = { runDir, databaseUrl: database.url, sql: database.sql, pool: settings.pool, concurrency: settings.concurrency, stampedeUsers: settings.stampedeUsers, durationS: settings.durationS, redisPid };
     await run(ctx, settings, prefix, results, services);
     results.ok = true;
   } catch (error) {

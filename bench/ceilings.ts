@@ -1,5 +1,5 @@
 // The ceilings the service is held against, measured in the same run at the same concurrency:
-// PostgreSQL alone (pgbench sending exactly the service's statements over the pool's connection count)
+// PostgreSQL alone (pgbench sending exactly the service's statements at the run's concurrency)
 // and HTTP alone (a bare node:http server loaded by the load generator's own client).
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -45,6 +45,7 @@ export async function preparePurchaseCodes(sql: Sql, count: number, prefix: stri
 
 export type PgbenchResult = {
   label: string;
+  clients: number;
   command: string;
   script: string;
   tps: number | null;
@@ -83,22 +84,23 @@ function figure(output: string, pattern: RegExp): number | null {
 }
 
 // rate: -R (transactions per second on a schedule) with a per-transaction log for the percentiles.
-export async function pgbench(ctx: Context, label: string, script: string, defines: Record<string, number>, rate: number | null = null): Promise<PgbenchResult> {
+export async function pgbench(ctx: Context, label: string, script: string, defines: Record<string, number>, rate: number | null = null, clients = ctx.concurrency): Promise<PgbenchResult> {
   const scriptFile = join(ctx.runDir, `${label}.sql`);
   await writeFile(scriptFile, script);
   const logPrefix = join(ctx.runDir, `${label}-log`);
   const args = [
     '-n', '-M', 'prepared',
-    '-c', String(ctx.pool), '-j', String(Math.min(2, ctx.pool)), '-T', String(ctx.durationS),
+    '-c', String(clients), '-j', String(Math.min(2, clients)), '-T', String(ctx.durationS),
     ...(rate === null ? [] : ['-R', String(rate), '-l', `--log-prefix=${logPrefix}`]),
     ...Object.entries(defines).flatMap(([name, value]) => ['-D', `${name}=${value}`]),
     '-f', scriptFile, ctx.databaseUrl,
   ];
-  console.log(`\n== ${label}: pgbench, ${ctx.pool} clients, ${ctx.durationS} s${rate === null ? '' : `, ${rate} tps on a schedule`}`);
+  console.log(`\n== ${label}: pgbench, ${clients} clients, ${ctx.durationS} s${rate === null ? '' : `, ${rate} tps on a schedule`}`);
   const measured = await runMeasured(ctx, label, pgbenchCommand, args, [], false);
   const out = measured.stdout;
   const result = {
     label,
+    clients,
     command: measured.command,
     script,
     tps: figure(out, /^tps = ([\d.]+) \(without initial connection time\)/m),
@@ -128,13 +130,13 @@ export type BareResult = {
   cpu: CpuUse | null;
 };
 
-// A bare node:http server in its own process, loaded over the pool's connection count for the duration.
+// A bare node:http server in its own process, loaded over the run's concurrency in connections for the duration.
 export async function bareHttp(ctx: Context): Promise<BareResult> {
-  console.log(`\n== bare-http: node:http server, ${ctx.pool} connections, ${ctx.durationS} s`);
+  console.log(`\n== bare-http: node:http server, ${ctx.concurrency} connections, ${ctx.durationS} s`);
   const server = await startBareServer(join(ctx.runDir, 'bare-server.log'));
   try {
     const out = join(ctx.runDir, 'bare-http.json');
-    const args = [benchPath('bare-load.ts'), '--url', server.url, '--connections', String(ctx.pool), '--duration', String(ctx.durationS), '--out', out];
+    const args = [benchPath('bare-load.ts'), '--url', server.url, '--connections', String(ctx.concurrency), '--duration', String(ctx.durationS), '--out', out];
     const measured = await runMeasured(ctx, 'bare-http', process.execPath, args, [server.pid], true);
     const figures = JSON.parse(await readFile(out, 'utf8').catch(() => 'null')) as Omit<BareResult, 'command' | 'exitCode' | 'cpu'> | null;
     if (!figures) throw new Error(`bare-http: no result (exit ${measured.exitCode}); see ${join(ctx.runDir, 'bare-http.log')}`);

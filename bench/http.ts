@@ -44,10 +44,12 @@ export class Http {
 
   private readonly recorder: Recorder;
   private readonly urls: string[];
+  private readonly connections: number;
 
   constructor(urls: string[], connections: number, recorder: Recorder) {
     this.recorder = recorder;
     this.urls = urls;
+    this.connections = connections;
     this.pools = urls.map((url) => new Pool(url, {
       connections,
       pipelining: 1,
@@ -77,6 +79,19 @@ export class Http {
     } finally {
       this.inFlight -= 1;
     }
+  }
+
+  // The load generator is a fresh process: its own JIT and its connections would otherwise slow the
+  // first second of every run (about a fifth, measured side by side). One loop per connection reads
+  // GET /health, unrecorded, for `ms` before the clock starts.
+  async warmUp(ms: number): Promise<void> {
+    const until = performance.now() + ms;
+    await Promise.all(this.pools.flatMap((pool) => Array.from({ length: this.connections }, async () => {
+      while (performance.now() < until) {
+        const response = await pool.request({ method: 'GET', path: '/health' });
+        parse(await response.body.text());
+      }
+    })));
   }
 
   // Before any setup: every instance must answer GET /health with 200. Returns what went wrong, if anything.

@@ -24,7 +24,7 @@ function machine(results: BenchResults): string {
     `- Memory: ${m.memoryGb} GB; kernel ${m.kernel ?? 'n/a'}`,
     `- Node ${m.node}; ${m.postgres}; ${m.pgbench ?? 'pgbench n/a'}; Redis ${m.redis ?? 'n/a'}`,
     `- Everything on this one machine over 127.0.0.1: the service, PostgreSQL, Redis, the load generator and pgbench`,
-    `- Pool and concurrency: DATABASE_POOL_MAX=${results.settings.pool} per service process = pgbench clients = HTTP connections per process; ${results.settings.durationS} s per measured step`,
+    `- Concurrency: ${results.settings.concurrency} requests in flight (BENCH_CONCURRENCY) = pgbench clients = HTTP connections per service process; stampede: ${results.settings.stampedeUsers} users at once (BENCH_STAMPEDE_USERS); the service's pool: DATABASE_POOL_MAX=${results.settings.pool} per process; ${results.settings.durationS} s per measured step`,
     `- Rate limits: ${results.settings.rateLimit === 'on' ? 'on, with every limit at 10,000,000 per window so that they count (in Redis) but never refuse (BENCH_RATE_LIMIT=on)' : 'off (RATE_LIMIT=off): all the load comes from 127.0.0.1, so the per-address limit would measure itself; BENCH_RATE_LIMIT=on runs them with limits never reached'}`,
     `- Code: ${m.commit ?? 'n/a'}${m.uncommitted.length > 0 ? `, with uncommitted changes: ${m.uncommitted.map((line) => `\`${line.trim()}\``).join(', ')}` : ''}`,
   ].join('\n');
@@ -33,8 +33,10 @@ function machine(results: BenchResults): string {
 function commands(m: Partial<Measurements>): string {
   const steps: [string, string | undefined][] = [
     ['PostgreSQL ceiling, checkout', m.pgbenchCheckout?.command],
+    ["PostgreSQL ceiling, checkout, at the pool's size", m.pgbenchCheckoutPool?.command],
     ['service checkout, 1 process', m.checkout1?.command],
     ['PostgreSQL ceiling, purchase', m.pgbenchPurchase?.command],
+    ["PostgreSQL ceiling, purchase, at the pool's size", m.pgbenchPurchasePool?.command],
     ['service purchase, 1 process', m.purchase1?.command],
     ['HTTP ceiling', m.bareHttp?.command],
     ['checkout at half of peak', m.checkoutHalf?.command],
@@ -50,7 +52,7 @@ function commands(m: Partial<Measurements>): string {
   const lines = steps.filter(([, command]) => command).map(([name, command]) => `# ${name}\n${command}`);
   const scripts = [m.pgbenchCheckout, m.pgbenchPurchase].filter((run) => run).map((run) => `${run!.label}.sql:\n\n\`\`\`\n${run!.script}\`\`\``);
   return [
-    'All of it: `npm run bench` (settings: `DATABASE_POOL_MAX`, `BENCH_DURATION`, `BENCH_ADMIN_URL`, `REDIS_URL`, `PGBENCH`). The steps it ran, in order (the database name and ports are this run\'s):',
+    'All of it: `npm run bench` (settings: `BENCH_CONCURRENCY`, `BENCH_STAMPEDE_USERS`, `DATABASE_POOL_MAX`, `BENCH_DURATION`, `BENCH_ADMIN_URL`, `REDIS_URL`, `PGBENCH`). The steps it ran, in order (the database name and ports are this run\'s):',
     '',
     '```sh',
     lines.join('\n'),
@@ -179,10 +181,11 @@ ${ceilings(a)}
 
 Ratio at equal CPU: the ceiling's CPU per request over the service's, counting only this benchmark's processes and
 interrupts (see "Where the time goes"): what the ratio would be if both had had the same CPU, neighbours or not.
-The PostgreSQL ceiling is pgbench sending one statement per request with the same rules (bench/per-request.sql: the design before requests were coalesced; \`-M prepared\`, ${results.settings.pool} clients);
+The PostgreSQL ceiling is pgbench sending one statement per request with the same rules (bench/per-request.sql: the design before requests were coalesced; \`-M prepared\`),
+with ${results.settings.concurrency} clients (the same concurrency) and with ${results.settings.pool} (the service's pool); the targets hold the service to the higher of the two;
 the HTTP ceiling is a bare node:http server (one process) answering a fixed JSON body, loaded by the load
-generator's own client over ${results.settings.pool} keep-alive connections. The 2-process rows hold ${2 * results.settings.pool}
-PostgreSQL connections against pgbench's ${results.settings.pool}.
+generator's own client over ${results.settings.concurrency} keep-alive connections. The service holds ${results.settings.pool} PostgreSQL
+connections per process against pgbench's ${results.settings.concurrency}; the 2-process rows send ${2 * results.settings.concurrency} requests at once.
 
 ## 1 -> 2 processes
 
@@ -206,16 +209,16 @@ ${table(
 
 Requests are sent on a fixed schedule at half of the 1-process peak measured above (\`--rate\`); each latency
 counts from when its request was due, so a stall shows as the queue behind it, not as one slow request.
-pgbench at the same rate (\`-R\`, ${results.settings.pool} clients, per-transaction log, latency from when each transaction
-was due) is PostgreSQL's own latency under that load: the floor under the service's.
+pgbench at the same rate (\`-R\`, ${results.settings.concurrency} clients, per-transaction log, latency from when each transaction
+was due) is the per-request design's latency under the same load at the same concurrency.
 ${halfPeakNoise(a)}
 
 ## Stampede
 
 ${stampedeRows(m)}
 
-A fresh sale of 10,000 items, 20,000 users at ${results.settings.pool} concurrent users per process with no think
-time: each user pages the available items, checks out and buys 1 to 10 of them, until the sale is sold out.
+A fresh sale of 10,000 items, 20,000 users of whom ${results.settings.stampedeUsers} shop at once (over as many connections, split
+among the processes) with no think time: each user pages the available items, checks out and buys 1 to 10 of them, until the sale is sold out.
 
 ## Memory and garbage collection
 
@@ -233,7 +236,7 @@ ${flow ? `${num(flow.totals.requests, 0)} requests in ${flow.durationS} s (${num
 
 ${timeTable(a.time)}
 
-${whereTheTimeGoes(m, a, results.settings.pool)}
+${whereTheTimeGoes(m, a, results.settings.concurrency)}
 
 ## Commands
 

@@ -9,13 +9,13 @@ const row = (a: Assessment, step: string) => a.time.find((candidate) => candidat
 const ms = (r: TimeRow | undefined, party: string) => r?.msPerRequest?.[party] ?? null;
 const cores = (r: TimeRow | undefined, party: string) => r?.cpu?.cores[party] ?? null;
 
-function endpointNote(a: Assessment, endpoint: 'checkout' | 'purchase', pool: number): string {
+function endpointNote(a: Assessment, endpoint: 'checkout' | 'purchase', concurrency: number): string {
   const pg = row(a, `pgbench ${endpoint}`);
   const svc = row(a, `service ${endpoint}, 1 process`);
   if (!pg || !svc) return '';
   const outside = svc.meanMs !== null && svc.functionMs !== null ? svc.meanMs - svc.functionMs : null;
   return [
-    `- **${endpoint}**: pgbench ran ${n(pg.perSecond, 0)} tps at ${n(pg.meanMs)} ms per transaction (${pool} clients), ` +
+    `- **${endpoint}**: pgbench ran ${n(pg.perSecond, 0)} tps at ${n(pg.meanMs)} ms per transaction (${concurrency} clients), ` +
       `${n(pg.functionMs, 3)} ms of it inside \`${endpoint}()\`; the service answered ${n(svc.perSecond, 0)} req/s at ${n(svc.meanMs)} ms mean, ` +
       `${n(svc.functionMs, 3)} ms of it inside \`${endpoint}()\` and ${n(outside)} ms outside (Node, the driver, Redis, the HTTP client, waiting for a core).`,
     `  Machine CPU per request: ${n(ms(svc, 'machine'), 3)} ms through the service (service process ${n(ms(svc, 'server'), 3)}, PostgreSQL ${n(ms(svc, 'postgres'), 3)}, ` +
@@ -40,8 +40,12 @@ function budget(a: Assessment, endpoint: 'checkout' | 'purchase'): string {
     `${n(allowed === null || postgres === null ? null : allowed - postgres, 3)} ms; it takes ${n(rest, 3)} ms`;
 }
 
-const pgSellOut = (m: Partial<Measurements>) =>
-  m.pgbenchCheckout?.tps && m.pgbenchPurchase?.tps ? 10_000 / m.pgbenchCheckout.tps + 10_000 / m.pgbenchPurchase.tps : null;
+const best = (a: number | null | undefined, b: number | null | undefined) => Math.max(a ?? 0, b ?? 0) || null;
+const pgSellOut = (m: Partial<Measurements>) => {
+  const checkout = best(m.pgbenchCheckout?.tps, m.pgbenchCheckoutPool?.tps);
+  const purchase = best(m.pgbenchPurchase?.tps, m.pgbenchPurchasePool?.tps);
+  return checkout && purchase ? 10_000 / checkout + 10_000 / purchase : null;
+};
 
 // What the 80% allowance leaves for the HTTP side if PostgreSQL cost no more per statement than under
 // pgbench, against what an empty HTTP exchange costs.
@@ -89,7 +93,7 @@ function reading(m: Partial<Measurements>, a: Assessment): string[] {
   if (stampede && seconds) {
     lines.push(`- The stampede sends ${n(stampede.totals.requests, 0)} requests to sell 10,000 items (a checkout and a purchase per item, plus item pages and refusals): ` +
       `at its ${n(stampede.totals.rps, 0)} req/s that is ${n(seconds)} s; selling out in 2 s would take ${n(stampede.totals.requests / 2, 0)} req/s. ` +
-      `PostgreSQL alone, at pgbench's rates on this machine, needs ${n(pgSellOut(m), 2)} s for the 10,000 checkouts and 10,000 purchases.`);
+      `The per-request design, at pgbench's best rates on this machine, needs ${n(pgSellOut(m), 2)} s for the 10,000 checkouts and 10,000 purchases.`);
   }
   return lines;
 }
@@ -102,7 +106,7 @@ function tailNotes(m: Partial<Measurements>, a: Assessment): string[] {
     const gc = m.gcBySteps?.find((entry) => entry.step === key)?.pauses[0];
     const seconds = m[key]?.durationS;
     if (!half || half.p99 === null) return [];
-    return [`- ${endpoint} at half of peak (${n(half.rate, 0)} req/s): p99 ${n(half.p99)} ms through the service against ${n(half.pg?.p99)} ms for PostgreSQL alone at the same rate (pgbench -R). ` +
+    return [`- ${endpoint} at half of peak (${n(half.rate, 0)} req/s): p99 ${n(half.p99)} ms through the service against ${n(half.pg?.p99)} ms for the per-request design at the same rate and concurrency (pgbench -R). ` +
       (gc ? `In that step (${n(seconds, 0)} s of load plus its setup) the service stopped for ${gc.scavenges} scavenges (max ${n(gc.maxScavengeMs)} ms, ${n(gc.scavengeMs)} ms in all) ` +
         `and ${gc.markCompacts} mark-compacts (max ${n(gc.maxMarkCompactMs)} ms): each pause holds every request in flight and queues the ones arriving.` : '')];
   });
@@ -113,17 +117,17 @@ function statements(m: Partial<Measurements>): string {
   return 'its top statements are in bench.json under measurements.statements';
 }
 
-export function whereTheTimeGoes(m: Partial<Measurements>, a: Assessment, pool: number): string {
+export function whereTheTimeGoes(m: Partial<Measurements>, a: Assessment, concurrency: number): string {
   return [
     'Server = the service process(es) (or the bare server); postgres = the backends of the benchmark\'s database and PostgreSQL\'s',
     'background processes; redis = the local Redis server (shared, but idle otherwise); client = the load generator or pgbench;',
     'interrupts = irq and softirq time (loopback networking among it), charged to no process; other = the rest of the machine\'s',
     'busy time (neighbours, kernel threads, the benchmark itself). CPU from /proc over each measured phase;',
     'time inside the SQL functions from `pg_stat_user_functions` (`track_functions = all` on the benchmark\'s database; pg_stat_statements is',
-    `${statements(m)}). With ${pool} requests in flight, mean latency is ${pool} / throughput (Little's law).`,
+    `${statements(m)}). With ${concurrency} requests in flight, mean latency is ${concurrency} / throughput (Little's law).`,
     '',
-    endpointNote(a, 'checkout', pool),
-    endpointNote(a, 'purchase', pool),
+    endpointNote(a, 'checkout', concurrency),
+    endpointNote(a, 'purchase', concurrency),
     '',
     'Reading:',
     '',

@@ -18,6 +18,7 @@ export type Options = {
   abandon: number;
   // checkout-only and purchase-only: requests per second sent on a fixed schedule (open loop); null: as fast as answered
   rate: number | null;
+  warmUpMs: number;
   out: string;
 };
 
@@ -42,6 +43,8 @@ export const usage = `usage: node bench/load.ts <${scenarioNames.join('|')}> [op
   --rate N               checkout-only, purchase-only: send N requests per second on a fixed schedule
                          (open loop: latency counts from when each request was due, so queueing shows)
                          instead of as fast as the answers come back
+  --warm-up MS           unrecorded GET /health over every connection before the clock starts, so that
+                         the load generator's own JIT and connections are warm (default 1000; 0: none)
   --out DIR              where <scenario>.json and <scenario>.html go (default bench/results)`;
 
 const defaults: Record<ScenarioName, { durationS: number; users: number; items: number }> = {
@@ -102,6 +105,7 @@ export function parseOptions(argv: string[]): Options | 'help' {
       'think-ms': { type: 'string' },
       abandon: { type: 'string' },
       rate: { type: 'string' },
+      'warm-up': { type: 'string' },
       out: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -132,6 +136,7 @@ export function parseOptions(argv: string[]): Options | 'help' {
     thinkMs: thinkRange(values['think-ms']),
     abandon: share(values.abandon),
     rate,
+    warmUpMs: wholeNumber('warm-up', values['warm-up'], 1000, 0, 60_000),
     out: values.out ?? 'bench/results',
   };
 }

@@ -11,8 +11,11 @@ export type Stampede = LoadSummary & { memory: Memory };
 
 export type Measurements = {
   pgbenchCheckout: PgbenchResult;
+  // the same at the service's pool size, when that differs: the stricter ceiling is the target's
+  pgbenchCheckoutPool: PgbenchResult;
   checkout1: LoadSummary;
   pgbenchPurchase: PurchaseCeiling;
+  pgbenchPurchasePool: PurchaseCeiling;
   purchase1: LoadSummary;
   bareHttp: BareResult;
   checkoutHalf: LoadSummary;
@@ -67,10 +70,10 @@ const clamp = (value: number, low: number, high: number) => Math.min(high, Math.
 
 // pgbench over fresh codes, enough for every client not to run out: at full speed 2.5x checkout's
 // rate (purchase is the cheaper statement), on a schedule twice the rate. prefix: this run's codes.
-async function purchaseCeiling(ctx: Context, label: string, prefix: string, expectedTps: number, rate: number | null): Promise<PurchaseCeiling> {
+async function purchaseCeiling(ctx: Context, label: string, prefix: string, expectedTps: number, rate: number | null, clients = ctx.concurrency): Promise<PurchaseCeiling> {
   const codes = clamp(expectedTps * ctx.durationS * (rate === null ? 2.5 : 2), 20_000, 400_000);
   const sale = await preparePurchaseCodes(ctx.sql, codes, prefix);
-  const result = await pgbench(ctx, label, purchaseScript(prefix), { i: -1, clients: ctx.pool }, rate);
+  const result = await pgbench(ctx, label, purchaseScript(prefix), { i: -1, clients }, rate, clients);
   const [row] = await ctx.sql<{ sold: number }[]>`select count(*) as sold from items where sale_id = ${sale.id} and buyer_id is not null`;
   if (row!.sold !== result.transactions) console.log(`   warning: ${row!.sold} items sold for ${result.transactions} transactions`);
   return { ...result, codes, sold: row!.sold };
@@ -87,7 +90,9 @@ async function warmUp(ctx: Context, name: string, server: Server, m: Partial<Mea
 
 async function stampede(ctx: Context, label: string, servers: Server[]): Promise<Stampede> {
   const sampler = sampleRss(servers.map((server) => server.pid));
-  const load = await loadStep(ctx, label, 'stampede', servers, ['--duration', '60']).catch(async (error: unknown) => {
+  const perInstance = Math.ceil(ctx.stampedeUsers / servers.length);
+  const users = ['--concurrency', String(perInstance * servers.length), '--duration', '60'];
+  const load = await loadStep(ctx, label, 'stampede', servers, users, perInstance).catch(async (error: unknown) => {
     await sampler.stop();
     throw error;
   });
@@ -122,9 +127,17 @@ export async function measure(plan: Plan): Promise<void> {
 
   const checkoutDefines = { first_item: current.firstItemId, last_item: current.lastItemId };
   const pgCheckout = await step('pgbenchCheckout', () => pgbench(ctx, 'pgbench-checkout', checkoutScript, checkoutDefines));
+  if (ctx.pool !== ctx.concurrency) {
+    await step('pgbenchCheckoutPool', () => pgbench(ctx, 'pgbench-checkout-pool', checkoutScript, checkoutDefines, null, ctx.pool));
+  }
   const checkout1 = await step('checkout1', () => loadStep(ctx, 'checkout-1', 'checkout-only', [first], duration));
   const pgPurchase = await step('pgbenchPurchase', () => purchaseCeiling(ctx, 'pgbench-purchase', 'b', pgCheckout.tps!, null));
-  const purchase1 = await step('purchase1', () => loadStep(ctx, 'purchase-1', 'purchase-only', [first], [...duration, ...codesFor(pgPurchase.tps!)]));
+  if (ctx.pool !== ctx.concurrency) {
+    await step('pgbenchPurchasePool', () => purchaseCeiling(ctx, 'pgbench-purchase-pool', 'd', pgCheckout.tps!, null, ctx.pool));
+  }
+  // Codes for twice the best ceiling: batched, the service may outrun pgbench, and must not run out.
+  const bestPurchaseTps = Math.max(pgPurchase.tps!, m.pgbenchPurchasePool?.tps ?? 0);
+  const purchase1 = await step('purchase1', () => loadStep(ctx, 'purchase-1', 'purchase-only', [first], [...duration, ...codesFor(2 * bestPurchaseTps)]));
   await step('bareHttp', () => bareHttp(ctx));
 
   const half = (summary: LoadSummary, endpoint: string) => Math.max(1, Math.round(summary.endpoints[endpoint]!.rps / 2));

@@ -3,7 +3,7 @@ import { randomInt } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Sql } from '../src/db.ts';
-import { snapshot, type Snapshot } from './database.ts';
+import { settle, snapshot, type Snapshot } from './database.ts';
 import type { Http } from './http.ts';
 import type { Options } from './options.ts';
 import { startProgress, type Progress } from './progress.ts';
@@ -32,8 +32,11 @@ export class Run {
     this.runId = parts.runId;
   }
 
-  // Setup is over: remember the database's counts, then start the clock and the measurements.
-  async start(status: () => string = () => ''): Promise<void> {
+  // Setup is over: warm the client, let the setup's writes settle (steady-state scenarios), remember the
+  // database's counts, then start the clock and the measurements.
+  async start(status: () => string = () => '', options: { settle?: boolean } = {}): Promise<void> {
+    if (this.options.warmUpMs > 0) await this.http.warmUp(this.options.warmUpMs);
+    if (options.settle) await settle(this.sql);
     this.before = await snapshot(this.sql);
     this.recorder.begin();
     this.deadline = performance.now() + this.options.durationS * 1000;

@@ -92,7 +92,7 @@ async function checkoutOnly(run: Run): Promise<ScenarioResult> {
   const { sale, fresh } = await openSale(run);
   const ids = await availableItemIds(run.sql, sale.id);
   if (ids.length === 0) throw new Error(`sale ${sale.id} has no available items`);
-  await run.start();
+  await run.start(undefined, { settle: true });
   await drive(run, maxTasks, async (index, dueAt) => {
     const itemId = ids[randomInt(ids.length)]!;
     await run.http.call('checkout', 'POST', `/checkout?user_id=${run.runId}-c${index % options.users}&id=${itemId}`, dueAt);
@@ -109,7 +109,7 @@ async function purchaseOnly(run: Run): Promise<ScenarioResult> {
   const ids = await availableItemIds(run.sql, sale.id);
   const codes = await preIssueCodes(run.sql, sale, ids, options.codes, run.runId);
   let used = 0;
-  await run.start(() => `codes ${used}/${codes.length}`);
+  await run.start(() => `codes ${used}/${codes.length}`, { settle: true });
   await drive(run, codes.length, async (index, dueAt) => {
     used += 1;
     await run.http.call('purchase', 'POST', `/purchase?code=${codes[index]}`, dueAt);

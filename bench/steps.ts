@@ -12,7 +12,12 @@ export type Context = {
   runDir: string;
   databaseUrl: string;
   sql: Sql;
+  // requests in flight: pgbench's clients, the load generator's connections per instance
+  concurrency: number;
+  // the service's connections per process (pgbench runs at this many clients too, for comparison)
   pool: number;
+  // the stampede's users shopping at once, over as many connections in all
+  stampedeUsers: number;
   durationS: number;
   // the local Redis server's process, when it runs on this machine: its CPU is measured too
   redisPid: number | null;
@@ -125,16 +130,16 @@ function summarize(report: Report): Pick<LoadSummary, 'ok' | 'failures' | 'stopR
   return { ok, failures, stopReason, durationS, totals, endpoints, facts };
 }
 
-// `node bench/load.ts <scenario>` against the given instances, at the pool's connection count per
-// instance; its report lands in <run folder>/<label>/<scenario>.json.
-export async function loadStep(ctx: Context, label: string, scenario: string, servers: Server[], extra: string[]): Promise<LoadSummary> {
+// `node bench/load.ts <scenario>` against the given instances, over `connections` (the run's
+// concurrency unless given) per instance; its report lands in <run folder>/<label>/<scenario>.json.
+export async function loadStep(ctx: Context, label: string, scenario: string, servers: Server[], extra: string[], connections = ctx.concurrency): Promise<LoadSummary> {
   const out = join(ctx.runDir, label);
   await mkdir(out, { recursive: true });
   const args = [
     benchPath('load.ts'), scenario,
     ...servers.flatMap((server) => ['--url', server.url]),
     '--database-url', ctx.databaseUrl,
-    '--connections', String(ctx.pool),
+    '--connections', String(connections),
     ...extra,
     '--out', out,
   ];
