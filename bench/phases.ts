@@ -90,9 +90,9 @@ async function warmUp(ctx: Context, name: string, server: Server, m: Partial<Mea
 
 async function stampede(ctx: Context, label: string, servers: Server[]): Promise<Stampede> {
   const sampler = sampleRss(servers.map((server) => server.pid));
+  // The load generator runs one user per connection (its default concurrency): split them among the instances.
   const perInstance = Math.ceil(ctx.stampedeUsers / servers.length);
-  const users = ['--concurrency', String(perInstance * servers.length), '--duration', '60'];
-  const load = await loadStep(ctx, label, 'stampede', servers, users, perInstance).catch(async (error: unknown) => {
+  const load = await loadStep(ctx, label, 'stampede', servers, ['--duration', '60'], perInstance).catch(async (error: unknown) => {
     await sampler.stop();
     throw error;
   });
