@@ -47,7 +47,7 @@ const saleView = (sale: store.SaleSummary) => ({
 });
 
 export function registerRoutes(app: FastifyInstance, deps: Deps): void {
-  const shopDeps = shop.createShop({
+  const theShop = shop.createShop({
     sql: deps.sql,
     metrics: deps.metrics,
     codeTtlSeconds: deps.codeTtlSeconds,
@@ -55,7 +55,7 @@ export function registerRoutes(app: FastifyInstance, deps: Deps): void {
   });
 
   app.post<{ Querystring: { user_id: string; id: string } }>('/checkout', { schema: schemas.checkoutSchema }, async (request) => {
-    const issued = await shop.checkout(shopDeps, request.query.user_id, Number(request.query.id));
+    const issued = await shop.checkout(theShop, request.query.user_id, Number(request.query.id));
     return {
       code: issued.code,
       user_id: issued.userId,
@@ -66,7 +66,7 @@ export function registerRoutes(app: FastifyInstance, deps: Deps): void {
   });
 
   app.post<{ Querystring: { code: string } }>('/purchase', { schema: schemas.purchaseSchema }, async (request) => {
-    const receipt = await shop.purchase(shopDeps, request.query.code);
+    const receipt = await shop.purchase(theShop, request.query.code);
     return {
       message: 'Purchase successful',
       code: receipt.code,
