@@ -94,8 +94,23 @@ function reading(m: Partial<Measurements>, a: Assessment): string[] {
     lines.push(`- The stampede sends ${n(stampede.totals.requests, 0)} requests to sell 10,000 items (a checkout and a purchase per item, plus item pages and refusals): ` +
       `at its ${n(stampede.totals.rps, 0)} req/s that is ${n(seconds)} s; selling out in 2 s would take ${n(stampede.totals.requests / 2, 0)} req/s. ` +
       `The per-request design, at pgbench's best rates on this machine, needs ${n(pgSellOut(m), 2)} s for the 10,000 checkouts and 10,000 purchases.`);
+    lines.push(...endgame(stampede.facts, stampede.totals.rps));
   }
   return lines;
+}
+
+// Where the stampede's requests go: the first 90% of the items, and the last 10%, when users' pages of
+// the list are mostly sold items.
+function endgame(facts: Record<string, unknown>, rps: number): string[] {
+  const first = facts['time to sell the first 90% (s)'] as number | null | undefined;
+  const total = facts['time to sell out (s)'] as number | null | undefined;
+  const before = facts['requests until 90% sold'] as number | null | undefined;
+  const after = facts['requests for the last 10%'] as number | null | undefined;
+  const lost = facts['items lost to another buyer (409) in the last 10%'] as number | null | undefined;
+  if (!first || !total || !before || !after) return [];
+  return [`- The first 9,000 items sold in ${n(first)} s (${n(before, 0)} requests), the last 1,000 in ${n(total - first)} s ` +
+    `(${n(after, 0)} requests, ${n(lost, 0)} of them checkouts or purchases of items already gone). At the stampede's own rate, ` +
+    `the bare minimum of 20,000 requests (no pages, no refusals) takes ${n(20_000 / rps)} s.`];
 }
 
 // At half of peak the machine has room: the tail is then PostgreSQL's own, or the service's pauses.

@@ -46,14 +46,20 @@ async function flow(run: Run): Promise<ScenarioResult> {
   return { saleId: sale.id, facts: [['sale', `${sale.id}${fresh ? ' (created: no open sale)' : ''}`], ...tallyFacts(tally)] };
 }
 
+// The last tenth of a sale is where users' pages of the list are stale: the split shows what it costs.
+type Mark = { ms: number; requests: number; lost: number };
+
 async function stampede(run: Run): Promise<ScenarioResult> {
   const { options } = run;
   const sale = await createFreshSale(run.sql, options.items);
   const tally = newTally();
+  const nineTenths = Math.ceil(sale.size * 0.9);
+  let atNineTenths: Mark | null = null;
   let soldOutMs: number | null = null;
   let purchases = 0;
   const onBought = () => {
     purchases += 1;
+    if (purchases === nineTenths) atNineTenths = { ms: run.recorder.elapsedMs(), requests: run.recorder.total, lost: tally.lost };
     if (purchases === sale.size) {
       soldOutMs = run.recorder.elapsedMs();
       run.stop(`sold out: ${sale.size} purchases`);
@@ -64,12 +70,18 @@ async function stampede(run: Run): Promise<ScenarioResult> {
     const user = { id: `${run.runId}-s${index}`, wants: randomInt(1, sale.perUserLimit + 1), abandons: false };
     await shop(run, sale, user, tally, { think: false, onBought });
   });
+  const mark = atNineTenths as Mark | null;
+  const seconds = (ms: number | null) => (ms === null ? null : Number((ms / 1000).toFixed(3)));
   return {
     saleId: sale.id,
     fullSaleId: sale.id,
     facts: [
       ['sale', `${sale.id} (fresh, ${sale.size} items, ids ${sale.firstItemId}-${sale.lastItemId})`],
-      ['time to sell out (s)', soldOutMs === null ? null : Number(((soldOutMs as number) / 1000).toFixed(3))],
+      ['time to sell out (s)', seconds(soldOutMs)],
+      ['time to sell the first 90% (s)', seconds(mark?.ms ?? null)],
+      ['requests until 90% sold', mark?.requests ?? null],
+      ['requests for the last 10%', mark ? run.recorder.total - mark.requests : null],
+      ['items lost to another buyer (409) in the last 10%', mark ? tally.lost - mark.lost : null],
       ...tallyFacts(tally),
       ['users who never started (sold out first)', options.users - tally.users],
     ],
