@@ -11,7 +11,7 @@ import { isDatabaseUnavailable } from './db.ts';
 import { registerRateLimits } from './limits.ts';
 import { createMetrics } from './metrics.ts';
 import { registerRoutes, type Deps } from './routes.ts';
-import { recordRefusedCheckout } from './store.ts';
+import { createShop } from './shop.ts';
 
 // Fastify's own refusals (body, content type, route) keep a code whose status the table agrees with.
 const clientErrorCodes: Record<number, ErrorCode> = { 404: 'not_found', 413: 'payload_too_large', 415: 'unsupported_media_type' };
@@ -87,6 +87,7 @@ export function buildApp(config: Config, deps: Pick<Deps, 'sql' | 'redis'>) {
   });
 
   const metrics = createMetrics({ sql: deps.sql, redis: deps.redis, databasePoolMax: config.databasePoolMax });
+  const shop = createShop({ sql: deps.sql, metrics, codeTtlSeconds: config.codeTtlSeconds, batchesInFlight: config.batchesInFlight });
   app.addHook('onResponse', async (request, reply) => {
     metrics.observeRequest(request.method, request.routeOptions.url ?? 'unknown', reply.statusCode, reply.elapsedTime / 1000);
   });
@@ -97,7 +98,7 @@ export function buildApp(config: Config, deps: Pick<Deps, 'sql' | 'redis'>) {
     if (request.routeOptions.url === '/checkout' && response.status < 500 && !decidedByCheckout(error)) {
       const outcome = response.error === 'rate_limited' ? 'rate_limited' : 'bad_request';
       try {
-        await recordRefusedCheckout(deps.sql, { ...rawCheckout(request), outcome });
+        await shop.recordRefusedCheckout({ ...rawCheckout(request), outcome });
         metrics.checkout(outcome);
       } catch (recordError) {
         response = toReply(recordError as Error);
@@ -130,8 +131,7 @@ export function buildApp(config: Config, deps: Pick<Deps, 'sql' | 'redis'>) {
       ...deps,
       metrics,
       rules: { saleIntervalSeconds: config.saleIntervalSeconds, saleSize: config.saleSize, perUserLimit: config.perUserLimit },
-      codeTtlSeconds: config.codeTtlSeconds,
-      batchesInFlight: config.batchesInFlight,
+      shop,
       healthTimeoutMs: config.healthTimeoutMs,
     });
   });

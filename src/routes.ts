@@ -14,8 +14,7 @@ export type Deps = {
   redis: Redis;
   metrics: Metrics;
   rules: store.SaleRules;
-  codeTtlSeconds: number;
-  batchesInFlight: number;
+  shop: shop.Shop;
   healthTimeoutMs: number;
 };
 
@@ -47,15 +46,8 @@ const saleView = (sale: store.SaleSummary) => ({
 });
 
 export function registerRoutes(app: FastifyInstance, deps: Deps): void {
-  const theShop = shop.createShop({
-    sql: deps.sql,
-    metrics: deps.metrics,
-    codeTtlSeconds: deps.codeTtlSeconds,
-    batchesInFlight: deps.batchesInFlight,
-  });
-
   app.post<{ Querystring: { user_id: string; id: string } }>('/checkout', { schema: schemas.checkoutSchema }, async (request) => {
-    const issued = await shop.checkout(theShop, request.query.user_id, Number(request.query.id));
+    const issued = await shop.checkout(deps.shop, request.query.user_id, Number(request.query.id));
     return {
       code: issued.code,
       user_id: issued.userId,
@@ -66,7 +58,7 @@ export function registerRoutes(app: FastifyInstance, deps: Deps): void {
   });
 
   app.post<{ Querystring: { code: string } }>('/purchase', { schema: schemas.purchaseSchema }, async (request) => {
-    const receipt = await shop.purchase(theShop, request.query.code);
+    const receipt = await shop.purchase(deps.shop, request.query.code);
     return {
       message: 'Purchase successful',
       code: receipt.code,

@@ -25,6 +25,12 @@ export function createShop(deps: { sql: Sql; metrics: Metrics; codeTtlSeconds: n
       limits,
     ),
     decidePurchase: coalesce((codes: string[]) => retryOnce(() => store.purchase(deps.sql, codes)), limits),
+    // A flood of refused checkouts (what rate limits are for) must not cost PostgreSQL a transaction each.
+    // Not retried: the insert is not idempotent.
+    recordRefusedCheckout: coalesce(async (attempts: store.RefusedCheckout[]) => {
+      await store.recordRefusedCheckouts(deps.sql, attempts);
+      return attempts.map(() => undefined);
+    }, limits),
   };
 }
 

@@ -31,14 +31,18 @@ export async function checkout(sql: Sql, requests: CheckoutRequest[], ttlSeconds
   return inOrder(rows);
 }
 
-// A refused request is still an attempt: keep what the client sent, cut to a readable length.
-export async function recordRefusedCheckout(
-  sql: Sql,
-  attempt: { outcome: 'bad_request' | 'rate_limited'; userId: string | null; itemId: number | null; detail: string },
-) {
+export type RefusedCheckout = { outcome: 'bad_request' | 'rate_limited'; userId: string | null; itemId: number | null; detail: string };
+
+// Refused requests are still attempts: any number of them recorded in one statement, each with what the
+// client sent (cut to a readable length by the caller).
+export async function recordRefusedCheckouts(sql: Sql, attempts: RefusedCheckout[]): Promise<void> {
   await sql`
     insert into checkout_attempts (outcome, user_id, item_id, detail)
-    values (${attempt.outcome}, ${attempt.userId}, ${attempt.itemId}, ${attempt.detail})`;
+    select * from unnest(
+      ${attempts.map((attempt) => attempt.outcome)}::text[],
+      ${attempts.map((attempt) => attempt.userId)}::text[],
+      ${attempts.map((attempt) => attempt.itemId)}::bigint[],
+      ${attempts.map((attempt) => attempt.detail)}::text[])`;
 }
 
 export type PurchaseOutcome = 'purchased' | 'replayed' | 'code_unknown' | 'code_expired' | 'item_sold' | 'limit_reached';

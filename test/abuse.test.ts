@@ -77,6 +77,30 @@ test('checkouts per user are limited, and a limited checkout is still recorded',
   assert.equal(calm.statusCode, 200, 'another user is not slowed');
 });
 
+test('a burst of refused checkouts, limited and malformed at once, is recorded whole, each as sent', async () => {
+  const app = await limitedApp({ RATE_LIMIT_USER_MAX: '2' });
+  const item = await freshItem();
+  for (let index = 0; index < 2; index += 1) {
+    assert.equal((await app.app.inject({ method: 'POST', url: `/checkout?user_id=burst-flood&id=${item}` })).statusCode, 200);
+  }
+  // Sent together, they share statements: rows with and without a user or an item go in one insert.
+  const sent = Array.from({ length: 40 }, (_, index) => [
+    { url: `/checkout?user_id=burst-flood&id=${item}&n=${index}`, outcome: 'rate_limited', userId: 'burst-flood', itemId: item },
+    { url: `/checkout?id=${item}&burst=${index}`, outcome: 'bad_request', userId: null, itemId: item },
+    { url: `/checkout?user_id=burst-${index}&id=abc`, outcome: 'bad_request', userId: `burst-${index}`, itemId: null },
+  ][index % 3]!);
+  const replies = await Promise.all(sent.map((request) => app.app.inject({ method: 'POST', url: request.url })));
+  assert.deepEqual(replies.map((reply) => reply.statusCode), sent.map((request) => (request.outcome === 'rate_limited' ? 429 : 400)));
+  const rows = await database.sql<{ outcome: string; userId: string | null; itemId: number | null; detail: string }[]>`
+    select outcome, user_id as "userId", item_id as "itemId", detail from checkout_attempts
+    where detail like '%burst%' and outcome <> 'issued'`;
+  const byUrl = new Map(rows.map((row) => [row.detail, row]));
+  assert.equal(rows.length, sent.length, 'one row per refused request');
+  for (const request of sent) {
+    assert.deepEqual(byUrl.get(request.url), { outcome: request.outcome, userId: request.userId, itemId: request.itemId, detail: request.url });
+  }
+});
+
 test('a burst of unknown codes from one address is limited; real codes before it are not', async () => {
   const app = await limitedApp({ RATE_LIMIT_BAD_CODE_MAX: '3' });
   const checkout = await app.app.inject({ method: 'POST', url: `/checkout?user_id=honest&id=${await freshItem()}` });
