@@ -5,6 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import { errorStatus } from '../src/errors.ts';
+import { newCode } from '../src/shop.ts';
 import {
   createDatabase,
   currentSaleId,
@@ -160,6 +161,14 @@ async function boughtBy(userId: string, sale = saleId): Promise<number | undefin
 // POST /checkout
 
 describe('POST /checkout', () => {
+  test('codes stay well-formed and distinct across refills of the random pool they are cut from', () => {
+    const codes = Array.from({ length: 2_000 }, () => newCode()); // the pool holds 256: several refills
+    for (const code of codes) assert.match(code, CODE_PATTERN);
+    assert.equal(new Set(codes).size, codes.length);
+    // No bytes reused at an offset: no two codes share even their first 8 bytes.
+    assert.equal(new Set(codes.map((code) => Buffer.from(code, 'base64url').subarray(0, 8).toString('hex'))).size, codes.length);
+  });
+
   test('issues a fresh 22-character base64url code on every call and records it', async () => {
     const user = newUser('buyer');
     const itemId = freshItem();
