@@ -84,10 +84,11 @@ test('a burst of refused checkouts, limited and malformed at once, is recorded w
     assert.equal((await app.app.inject({ method: 'POST', url: `/checkout?user_id=burst-flood&id=${item}` })).statusCode, 200);
   }
   // Sent together, they share statements: rows with and without a user or an item go in one insert.
+  // The first has no user: a null first in an array sent to PostgreSQL, and the string "null" later.
   const sent = Array.from({ length: 40 }, (_, index) => [
-    { url: `/checkout?user_id=burst-flood&id=${item}&n=${index}`, outcome: 'rate_limited', userId: 'burst-flood', itemId: item },
     { url: `/checkout?id=${item}&burst=${index}`, outcome: 'bad_request', userId: null, itemId: item },
-    { url: `/checkout?user_id=burst-${index}&id=abc`, outcome: 'bad_request', userId: `burst-${index}`, itemId: null },
+    { url: `/checkout?user_id=null&id=abc&burst=${index}`, outcome: 'bad_request', userId: 'null', itemId: null },
+    { url: `/checkout?user_id=burst-flood&id=${item}&n=${index}`, outcome: 'rate_limited', userId: 'burst-flood', itemId: item },
   ][index % 3]!);
   const replies = await Promise.all(sent.map((request) => app.app.inject({ method: 'POST', url: request.url })));
   assert.deepEqual(replies.map((reply) => reply.statusCode), sent.map((request) => (request.outcome === 'rate_limited' ? 429 : 400)));
