@@ -118,15 +118,13 @@ export function assess(m: Partial<Measurements>): Assessment {
   const pgPurchase = m.pgbenchPurchase?.tps ?? null;
   const bare = m.bareHttp?.rps ?? null;
   const clients = (run: PgbenchResult | undefined) => `${run?.clients ?? '?'} clients`;
-  const pool: Pair[] = [];
-  if (m.pgbenchCheckoutPool) {
-    const name = `pgbench checkout, ${clients(m.pgbenchCheckoutPool)}`;
-    pool.push(['checkout req/s (1 process)', checkout, 'service checkout, 1 process', `${name} (the pool's size)`, m.pgbenchCheckoutPool.tps, name]);
-  }
-  if (m.pgbenchPurchasePool) {
-    const name = `pgbench purchase, ${clients(m.pgbenchPurchasePool)}`;
-    pool.push(['purchase req/s (1 process)', purchase, 'service purchase, 1 process', `${name} (the pool's size)`, m.pgbenchPurchasePool.tps, name]);
-  }
+  // pgbench at the pool's size, run only when that differs from the run's concurrency.
+  const atPoolSize: [string, number | null, PgbenchResult | undefined][] = [['checkout', checkout, m.pgbenchCheckoutPool], ['purchase', purchase, m.pgbenchPurchasePool]];
+  const pool = atPoolSize.flatMap(([endpoint, service, run]): Pair[] => {
+    if (!run) return [];
+    const name = `pgbench ${endpoint}, ${clients(run)}`;
+    return [[`${endpoint} req/s (1 process)`, service, `service ${endpoint}, 1 process`, `${name} (the pool's size)`, run.tps, name]];
+  });
   const pairs: Pair[] = [
     ['checkout req/s (1 process)', checkout, 'service checkout, 1 process', `pgbench checkout, ${clients(m.pgbenchCheckout)} (the same concurrency)`, pgCheckout, 'pgbench checkout'],
     ['purchase req/s (1 process)', purchase, 'service purchase, 1 process', `pgbench purchase, ${clients(m.pgbenchPurchase)} (the same concurrency)`, pgPurchase, 'pgbench purchase'],

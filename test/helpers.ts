@@ -58,7 +58,6 @@ export function testEnv(database: TestDatabase, prefix: string, overrides: Recor
   };
 }
 
-
 export type TestApp = { app: ReturnType<typeof buildApp>; config: Config; close: () => Promise<void> };
 
 // The same buildApp that server.ts uses, with the config read from the same variables.
