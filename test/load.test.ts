@@ -1,0 +1,89 @@
+// The load generator (bench/load.ts) is a measuring instrument: it must classify every answer, read
+// the invariants back, and fail when a run goes wrong. It runs here against a real service process.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { cleanUp, createDatabase, dropRedisPrefix, startInstance, testEnv, uniquePrefix, type Instance, type TestDatabase } from './helpers.ts';
+
+const loadPath = fileURLToPath(new URL('../bench/load.ts', import.meta.url));
+
+let database: TestDatabase | undefined;
+let instance: Instance | undefined;
+let out = '';
+const prefix = uniquePrefix();
+
+before(async () => {
+  database = await createDatabase();
+  instance = await startInstance(testEnv(database, prefix));
+  out = await mkdtemp(join(tmpdir(), 'flash-load-'));
+});
+
+after(async () => {
+  await cleanUp([() => instance?.stop(), () => database?.drop(), () => dropRedisPrefix(prefix), () => rm(out, { recursive: true, force: true })]);
+});
+
+type Endpoint = { endpoint: string; requests: number; outcomes: { outcome: string; kind: string; count: number }[] };
+type Report = {
+  ok: boolean;
+  totals: { requests: number; errors: number };
+  endpoints: Endpoint[];
+  errors: { network: Record<string, number> };
+  facts: Record<string, unknown>;
+  invariants: { ok: boolean; checks: { name: string; ok: boolean }[] };
+};
+
+function load(args: string[], onStart?: () => void): Promise<{ code: number | null; output: string }> {
+  const child = spawn(process.execPath, [loadPath, ...args, '--url', instance!.url, '--database-url', database!.url, '--out', out], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  child.stdout.on('data', (chunk) => (output += chunk));
+  child.stderr.on('data', (chunk) => {
+    output += chunk;
+    if (onStart && String(chunk).includes('[checkout-only]')) {
+      onStart();
+      onStart = undefined;
+    }
+  });
+  return new Promise((resolve) => child.once('close', (code) => resolve({ code, output })));
+}
+
+const readReport = async (scenario: string) => JSON.parse(await readFile(join(out, `${scenario}.json`), 'utf8')) as Report;
+
+test('a small stampede sells its sale out, and every answer is counted by endpoint and outcome', async () => {
+  const run = await load(['stampede', '--items', '300', '--users', '2000', '--connections', '32', '--warm-up', '0']);
+  assert.equal(run.code, 0, run.output);
+  const report = await readReport('stampede');
+  assert.equal(report.ok, true);
+  assert.equal(report.totals.errors, 0);
+  assert.ok(report.invariants.checks.length >= 5 && report.invariants.checks.every((check) => check.ok), JSON.stringify(report.invariants));
+
+  const count = (endpoint: string, outcome: string) =>
+    report.endpoints.find((e) => e.endpoint === endpoint)?.outcomes.find((o) => o.outcome === outcome)?.count ?? 0;
+  assert.equal(count('purchase', '200'), 300, 'every item bought once, through answers read as 200 "Purchase successful"');
+  assert.equal(report.facts['items bought'], 300);
+  assert.equal(typeof report.facts['time to sell out (s)'], 'number');
+  // The database agrees with what the client counted: every code it was given, and every refusal.
+  const [rows] = await database!.sql<{ issued: number; sold: number }[]>`
+    select count(*) filter (where outcome = 'issued')::int as issued, count(*) filter (where outcome = 'item_sold')::int as sold
+    from checkout_attempts`;
+  assert.equal(rows!.issued, count('checkout', '200'));
+  assert.equal(rows!.sold, count('checkout', '409 item_sold'));
+  const total = report.endpoints.reduce((sum, e) => sum + e.requests, 0);
+  assert.equal(total, report.totals.requests);
+});
+
+test('a run whose service goes away counts network errors and exits 1', async () => {
+  const run = await load(['checkout-only', '--duration', '4', '--connections', '8', '--warm-up', '0'], () => {
+    setTimeout(() => void instance!.stop('SIGKILL'), 500);
+  });
+  assert.equal(run.code, 1, run.output);
+  const report = await readReport('checkout-only');
+  assert.equal(report.ok, false);
+  assert.ok(Object.values(report.errors.network).reduce((sum, n) => sum + n, 0) > 0, JSON.stringify(report.errors));
+  assert.ok(report.endpoints.find((e) => e.endpoint === 'checkout')!.outcomes.some((o) => o.outcome === '200' && o.count > 0));
+});
