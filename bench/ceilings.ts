@@ -36,8 +36,8 @@ export async function preparePurchaseCodes(sql: Sql, count: number, prefix: stri
   const sale = await createFreshSale(sql, count);
   const users = Math.ceil(count / sale.perUserLimit);
   await sql`
-    insert into checkout_attempts (outcome, user_id, item_id, sale_id, code, code_hash, expires_at)
-    select 'issued', ${`pgbench-${prefix}`}::text || (n % ${users})::text, id, ${sale.id}, code, sha256(convert_to(code, 'UTF8')), now() + interval '1 hour'
+    insert into checkout_attempts (outcome, user_id, item_id, sale_id, code, code_key, expires_at)
+    select 'issued', ${`pgbench-${prefix}`}::text || (n % ${users})::text, id, ${sale.id}, code, code_key(code), now() + interval '1 hour'
     from (select id, ${prefix}::text || lpad((row_number() over (order by id) - 1)::text, 21, '0') as code, row_number() over (order by id) - 1 as n
           from items where sale_id = ${sale.id}) as numbered`;
   return sale;

@@ -1,7 +1,8 @@
 // The load generator's own SQL: fresh sales and pre-issued codes for setup, and the counts read back
 // before and after a run. The invariants themselves come from src/audit.ts.
-import { randomBytes, randomInt } from 'node:crypto';
+import { randomInt } from 'node:crypto';
 import type { Sql } from '../src/db.ts';
+import { newCode } from '../src/shop.ts';
 
 export type SaleInfo = { id: number; size: number; perUserLimit: number; firstItemId: number; lastItemId: number };
 
@@ -57,14 +58,14 @@ export async function preIssueCodes(sql: Sql, sale: SaleInfo, itemIds: number[],
   for (let from = 0; from < count; from += chunk) {
     const batch = { codes: [] as string[], users: [] as string[], items: [] as number[] };
     for (let i = from; i < Math.min(count, from + chunk); i += 1) {
-      batch.codes.push(randomBytes(16).toString('base64url'));
+      batch.codes.push(newCode());
       const round = Math.floor(i / itemIds.length);
       batch.users.push(`${runId}-r${round}u${(i % itemIds.length) % users}`);
       batch.items.push(itemIds[i % itemIds.length]!);
     }
     await sql`
-      insert into checkout_attempts (outcome, user_id, item_id, sale_id, code, code_hash, expires_at)
-      select 'issued', u, i, ${sale.id}, c, sha256(convert_to(c, 'UTF8')), now() + ${codeTtl}::interval
+      insert into checkout_attempts (outcome, user_id, item_id, sale_id, code, code_key, expires_at)
+      select 'issued', u, i, ${sale.id}, c, code_key(c), now() + ${codeTtl}::interval
       from unnest(${sql.array(batch.users)}::text[], ${sql.array(batch.items)}::bigint[], ${sql.array(batch.codes)}::text[]) as t(u, i, c)`;
     codes.push(...batch.codes);
   }

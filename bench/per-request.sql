@@ -14,10 +14,10 @@ set enable_seqscan = off set enable_hashjoin = off set enable_mergejoin = off se
 as $$
 begin
   return query
-  insert into checkout_attempts as a (outcome, user_id, item_id, sale_id, code, code_hash, expires_at)
+  insert into checkout_attempts as a (outcome, user_id, item_id, sale_id, code, code_key, expires_at)
   select o.outcome, p_user_id, p_item_id, i.sale_id,
          case when o.outcome = 'issued' then p_code end,
-         sha256(convert_to(p_code, 'UTF8')),
+         code_key(p_code),
          case when o.outcome = 'issued' then now() + make_interval(secs => p_ttl_seconds) end
   from (select 1) as one
   left join items i on i.id = p_item_id
@@ -44,7 +44,7 @@ declare
 begin
   select c.user_id, c.item_id, c.sale_id, c.expires_at, s.per_user_limit into attempt
   from checkout_attempts c join sales s on s.id = c.sale_id
-  where c.code_hash = sha256(convert_to(p_code, 'UTF8')) and c.outcome = 'issued';
+  where c.code_key = code_key(p_code) and c.outcome = 'issued';
   if not found then
     return query select 'code_unknown', null::bigint, null::bigint, null::text, null::timestamptz, null::integer, null::integer;
     return;

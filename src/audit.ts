@@ -42,7 +42,7 @@ export async function auditSales(sql: Sql): Promise<SaleAudit[]> {
       from items i
       where i.buyer_id is not null and not exists (
         select 1 from checkout_attempts c
-        where c.code_hash = sha256(convert_to(i.purchase_code, 'UTF8')) and c.code = i.purchase_code
+        where c.code_key = code_key(i.purchase_code) and c.code = i.purchase_code
           and c.item_id = i.id and c.user_id = i.buyer_id and c.outcome = 'issued')
       group by i.sale_id
     ), codes_twice as (

@@ -161,12 +161,18 @@ async function boughtBy(userId: string, sale = saleId): Promise<number | undefin
 // POST /checkout
 
 describe('POST /checkout', () => {
-  test('codes stay well-formed and distinct across refills of the random pool they are cut from', () => {
+  test('codes name the second they were issued in and stay distinct across refills of the random pool', () => {
+    const from = Math.floor(Date.now() / 1000);
     const codes = Array.from({ length: 2_000 }, () => newCode()); // the pool holds 256: several refills
-    for (const code of codes) assert.match(code, CODE_PATTERN);
+    const to = Math.floor(Date.now() / 1000);
+    for (const code of codes) {
+      assert.match(code, CODE_PATTERN);
+      const second = Buffer.from(code, 'base64url').readUInt32BE(0);
+      assert.ok(second >= from && second <= to, `code ${code} names second ${second}, not ${from}-${to}`);
+    }
     assert.equal(new Set(codes).size, codes.length);
-    // No bytes reused at an offset: no two codes share even their first 8 bytes.
-    assert.equal(new Set(codes.map((code) => Buffer.from(code, 'base64url').subarray(0, 8).toString('hex'))).size, codes.length);
+    // No random bytes reused at an offset: no two codes share even the first 8 of their 12 random bytes.
+    assert.equal(new Set(codes.map((code) => Buffer.from(code, 'base64url').subarray(4, 12).toString('hex'))).size, codes.length);
   });
 
   test('issues a fresh 22-character base64url code on every call and records it', async () => {

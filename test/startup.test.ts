@@ -60,6 +60,44 @@ test('ensureDatabase creates a missing database, and instances migrating at once
   }
 });
 
+// Codes issued before migration 0004 were keyed by their SHA-256 alone: after it they must still buy their
+// item and replay the receipt.
+test('migration 0004 re-keys codes issued before it: they still buy, and replay, their item', async () => {
+  const name = `flash_test_${process.pid}_${randomBytes(4).toString('hex')}`;
+  const url = new URL(adminUrl);
+  url.pathname = `/${name}`;
+  const admin = postgres(adminUrl, { max: 1, onnotice: () => {} });
+  const sql = connect(url.toString(), { max: 1 });
+  try {
+    await ensureDatabase(url.toString());
+    const migrations = fileURLToPath(new URL('../migrations/', import.meta.url));
+    const before = ['0001_init.sql', '0002_no_sale_row_locks.sql', '0003_cached_plans.sql'];
+    await sql`create table schema_migrations (version text primary key, applied_at timestamptz not null default now())`;
+    for (const file of before) {
+      await sql.file(migrations + file);
+      await sql`insert into schema_migrations (version) values (${file})`;
+    }
+    const oldCode = randomBytes(16).toString('base64url');
+    const [sale] = await sql<{ id: number }[]>`select sale_id as id from ensure_current_sale(3600, 10, 10)`;
+    const [item] = await sql<{ id: number }[]>`select id from items where sale_id = ${sale!.id} order by id limit 1`;
+    await sql`
+      insert into checkout_attempts (outcome, user_id, item_id, sale_id, code, code_hash, expires_at)
+      select 'issued', 'early', id, sale_id, ${oldCode}, sha256(convert_to(${oldCode}, 'UTF8')), now() + interval '10 minutes'
+      from items where id = ${item!.id}`;
+
+    assert.deepEqual(await migrate(sql), ['0004_time_ordered_codes.sql']);
+    const buy = () => sql<{ outcome: string; user_id: string }[]>`select outcome, user_id from purchase(${[oldCode]}::text[])`;
+    assert.deepEqual((await buy()).map((row) => ({ ...row })), [{ outcome: 'purchased', user_id: 'early' }]);
+    assert.deepEqual((await buy()).map((row) => ({ ...row })), [{ outcome: 'replayed', user_id: 'early' }]);
+    const [keys] = await sql<{ rekeyed: boolean }[]>`select code_key = code_key(code) as rekeyed from checkout_attempts where code = ${oldCode}`;
+    assert.equal(keys!.rekeyed, true);
+  } finally {
+    await sql.end({ timeout: 5 });
+    await admin`drop database if exists ${admin(name)} with (force)`;
+    await admin.end({ timeout: 5 });
+  }
+});
+
 test('SIGTERM drains and the process exits 0; a running instance has opened the current sale', async () => {
   const database = await createDatabase();
   const prefix = uniquePrefix();
