@@ -175,6 +175,27 @@ describe('POST /checkout', () => {
     assert.equal(new Set(codes.map((code) => Buffer.from(code, 'base64url').subarray(4, 12).toString('hex'))).size, codes.length);
   });
 
+  // Migration 0004: new codes must key at the index's right edge, or every checkout and purchase touches
+  // leaves all over an index that grows with every attempt ever made.
+  test('a code from a later second keys after every code of earlier seconds', async (t) => {
+    const start = Date.UTC(2026, 10, 25, 12, 0, 0);
+    t.mock.timers.enable({ apis: ['Date'], now: start });
+    const seconds = [0, 1, 2, 60, 3600, 86_400 * 400];
+    const codes = seconds.map((second) => {
+      t.mock.timers.setTime(start + second * 1000 + 999);
+      return [newCode(), newCode(), newCode()];
+    });
+    t.mock.timers.reset();
+    const keys = await database.sql<{ key: Buffer }[]>`
+      select code_key(code) as key from unnest(${codes.flat()}::text[]) with ordinality as c(code, n) order by n`;
+    const secondOf = (index: number) => seconds[Math.floor(index / 3)]!;
+    for (let a = 0; a < keys.length; a += 1) {
+      for (let b = 0; b < keys.length; b += 1) {
+        if (secondOf(a) < secondOf(b)) assert.ok(Buffer.compare(keys[a]!.key, keys[b]!.key) < 0, `${codes.flat()[a]} keys before ${codes.flat()[b]}`);
+      }
+    }
+  });
+
   test('issues a fresh 22-character base64url code on every call and records it', async () => {
     const user = newUser('buyer');
     const itemId = freshItem();
