@@ -19,15 +19,16 @@ const serverPath = fileURLToPath(new URL('../src/server.ts', import.meta.url));
 
 export type TestDatabase = { url: string; name: string; sql: Sql; drop: () => Promise<void> };
 
-// A database of its own, migrated, dropped afterwards (with force: stray connections must not block it).
-export async function createDatabase(): Promise<TestDatabase> {
+// A database of its own, migrated (through a given migration, or all), dropped afterwards (with force:
+// stray connections must not block it).
+export async function createDatabase(options: { migrateThrough?: string } = {}): Promise<TestDatabase> {
   const name = `flash_test_${process.pid}_${randomBytes(4).toString('hex')}`;
   const admin = postgres(adminUrl, { max: 1, onnotice: () => {} });
   await admin`create database ${admin(name)}`;
   const url = new URL(adminUrl);
   url.pathname = `/${name}`;
   const sql = connect(url.toString(), { max: 4 });
-  await migrate(sql);
+  await migrate(sql, { through: options.migrateThrough });
   return {
     url: url.toString(),
     name,

@@ -63,20 +63,9 @@ test('ensureDatabase creates a missing database, and instances migrating at once
 // Codes issued before migration 0004 were keyed by their SHA-256 alone: after it they must still buy their
 // item and replay the receipt.
 test('migration 0004 re-keys codes issued before it: they still buy, and replay, their item', async () => {
-  const name = `flash_test_${process.pid}_${randomBytes(4).toString('hex')}`;
-  const url = new URL(adminUrl);
-  url.pathname = `/${name}`;
-  const admin = postgres(adminUrl, { max: 1, onnotice: () => {} });
-  const sql = connect(url.toString(), { max: 1 });
+  const database = await createDatabase({ migrateThrough: '0003_cached_plans.sql' });
+  const { sql } = database;
   try {
-    await ensureDatabase(url.toString());
-    const migrations = fileURLToPath(new URL('../migrations/', import.meta.url));
-    const before = ['0001_init.sql', '0002_no_sale_row_locks.sql', '0003_cached_plans.sql'];
-    await sql`create table schema_migrations (version text primary key, applied_at timestamptz not null default now())`;
-    for (const file of before) {
-      await sql.file(migrations + file);
-      await sql`insert into schema_migrations (version) values (${file})`;
-    }
     const oldCode = randomBytes(16).toString('base64url');
     const [sale] = await sql<{ id: number }[]>`select sale_id as id from ensure_current_sale(3600, 10, 10)`;
     const [item] = await sql<{ id: number }[]>`select id from items where sale_id = ${sale!.id} order by id limit 1`;
@@ -92,9 +81,7 @@ test('migration 0004 re-keys codes issued before it: they still buy, and replay,
     const [keys] = await sql<{ rekeyed: boolean }[]>`select code_key = code_key(code) as rekeyed from checkout_attempts where code = ${oldCode}`;
     assert.equal(keys!.rekeyed, true);
   } finally {
-    await sql.end({ timeout: 5 });
-    await admin`drop database if exists ${admin(name)} with (force)`;
-    await admin.end({ timeout: 5 });
+    await database.drop();
   }
 });
 
