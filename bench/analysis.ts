@@ -79,6 +79,12 @@ function halfPeak(summary: LoadSummary | undefined, endpoint: string, pg: Pgbenc
   return { endpoint, rate, achieved: figures?.rps ?? null, ...latency, pg: pg?.percentilesMs ?? null };
 }
 
+// The per-request ceiling at its best: the higher of pgbench at the run's concurrency and at the pool's size.
+export function bestPgbenchTps(m: Partial<Measurements>, endpoint: 'checkout' | 'purchase'): number | null {
+  const runs = endpoint === 'checkout' ? [m.pgbenchCheckout, m.pgbenchCheckoutPool] : [m.pgbenchPurchase, m.pgbenchPurchasePool];
+  return Math.max(...runs.map((run) => run?.tps ?? 0)) || null;
+}
+
 const soldOut = (summary: LoadSummary | undefined) => (summary?.facts['time to sell out (s)'] as number | null | undefined) ?? null;
 
 // Throughput is held to the higher of the two PostgreSQL ceilings (at the run's concurrency and at the

@@ -1,5 +1,5 @@
 // The "where the time goes" paragraphs of BENCHMARKS.md, worded from the run's own figures.
-import { ownCpuMs, type Assessment, type TimeRow } from './analysis.ts';
+import { bestPgbenchTps, ownCpuMs, type Assessment, type TimeRow } from './analysis.ts';
 import type { Measurements } from './phases.ts';
 
 const n = (value: number | null | undefined, digits = 2) =>
@@ -40,10 +40,9 @@ function budget(a: Assessment, endpoint: 'checkout' | 'purchase'): string {
     `${n(allowed === null || postgres === null ? null : allowed - postgres, 3)} ms; it takes ${n(rest, 3)} ms`;
 }
 
-const best = (a: number | null | undefined, b: number | null | undefined) => Math.max(a ?? 0, b ?? 0) || null;
 const pgSellOut = (m: Partial<Measurements>) => {
-  const checkout = best(m.pgbenchCheckout?.tps, m.pgbenchCheckoutPool?.tps);
-  const purchase = best(m.pgbenchPurchase?.tps, m.pgbenchPurchasePool?.tps);
+  const checkout = bestPgbenchTps(m, 'checkout');
+  const purchase = bestPgbenchTps(m, 'purchase');
   return checkout && purchase ? 10_000 / checkout + 10_000 / purchase : null;
 };
 

@@ -1,5 +1,6 @@
 // The order of the benchmark's steps. Each service figure is measured next to its ceiling, so that a
 // noisy neighbour on the shared machine weighs on both alike.
+import { bestPgbenchTps } from './analysis.ts';
 import { bareHttp, checkoutScript, pgbench, preparePurchaseCodes, purchaseScript, type BareResult, type PgbenchResult } from './ceilings.ts';
 import type { SaleInfo } from './database.ts';
 import { gcPausesSince, logSize, sampleRss, type GcPauses, type Memory } from './memory.ts';
@@ -131,13 +132,12 @@ export async function measure(plan: Plan): Promise<void> {
     await step('pgbenchCheckoutPool', () => pgbench(ctx, 'pgbench-checkout-pool', checkoutScript, checkoutDefines, null, ctx.pool));
   }
   const checkout1 = await step('checkout1', () => loadStep(ctx, 'checkout-1', 'checkout-only', [first], duration));
-  const pgPurchase = await step('pgbenchPurchase', () => purchaseCeiling(ctx, 'pgbench-purchase', 'b', pgCheckout.tps!, null));
+  await step('pgbenchPurchase', () => purchaseCeiling(ctx, 'pgbench-purchase', 'b', pgCheckout.tps!, null));
   if (ctx.pool !== ctx.concurrency) {
     await step('pgbenchPurchasePool', () => purchaseCeiling(ctx, 'pgbench-purchase-pool', 'd', pgCheckout.tps!, null, ctx.pool));
   }
   // Codes for twice the best ceiling: batched, the service may outrun pgbench, and must not run out.
-  const bestPurchaseTps = Math.max(pgPurchase.tps!, m.pgbenchPurchasePool?.tps ?? 0);
-  const purchase1 = await step('purchase1', () => loadStep(ctx, 'purchase-1', 'purchase-only', [first], [...duration, ...codesFor(2 * bestPurchaseTps)]));
+  const purchase1 = await step('purchase1', () => loadStep(ctx, 'purchase-1', 'purchase-only', [first], [...duration, ...codesFor(2 * bestPgbenchTps(m, 'purchase')!)]));
   await step('bareHttp', () => bareHttp(ctx));
 
   const half = (summary: LoadSummary, endpoint: string) => Math.max(1, Math.round(summary.endpoints[endpoint]!.rps / 2));
