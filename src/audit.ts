@@ -36,8 +36,8 @@ export async function auditSales(sql: Sql): Promise<SaleAudit[]> {
       from bought b join sales s on s.id = b.sale_id
       where b.items > s.per_user_limit group by b.sale_id
     ), without_code as (
-      -- A sale is only valid with the code its buyer got at checkout for that very item, found by the
-      -- hash's unique index (the bare code has none).
+      -- A sale is only valid with the code its buyer got at checkout for that very item, found through
+      -- the unique index on code_key() (the bare code has none).
       select i.sale_id, count(*) as purchases
       from items i
       where i.buyer_id is not null and not exists (
