@@ -9,6 +9,7 @@ import type { Config } from './config.ts';
 import { AppError, errorStatus, type ErrorCode } from './errors.ts';
 import { isDatabaseUnavailable } from './db.ts';
 import { registerRateLimits } from './limits.ts';
+import { createSnapshots } from './listing.ts';
 import { createMetrics } from './metrics.ts';
 import { registerRoutes, type Deps } from './routes.ts';
 import { createShop } from './shop.ts';
@@ -49,7 +50,7 @@ function rawCheckout(request: FastifyRequest) {
 
 const publicDir = fileURLToPath(new URL('../public/', import.meta.url));
 
-export function buildApp(config: Config, deps: Pick<Deps, 'sql' | 'redis'>) {
+export function buildApp(config: Config, deps: Pick<Deps, 'sql' | 'readSql' | 'redis'>) {
   const hops = Number(config.trustProxy);
   const app = Fastify({
     logger: { level: config.logLevel },
@@ -135,6 +136,7 @@ export function buildApp(config: Config, deps: Pick<Deps, 'sql' | 'redis'>) {
       metrics,
       rules: { saleIntervalSeconds: config.saleIntervalSeconds, saleSize: config.saleSize, perUserLimit: config.perUserLimit },
       shop,
+      snapshots: createSnapshots({ redis: deps.redis, ttlMs: config.salesSnapshotMs }),
       healthTimeoutMs: config.healthTimeoutMs,
     });
   });

@@ -17,6 +17,8 @@ export type SaleAudit = {
   buyerCountsWrong: number;
   attempts: number;
   attemptsIssued: number;
+  soldFigure: number;
+  soldTallied: number;
 };
 
 // One pass over each table, grouped by sale: the cost grows with the data, not with the data times the
@@ -56,6 +58,8 @@ export async function auditSales(sql: Sql): Promise<SaleAudit[]> {
       from bought b full join sale_buyers sb on sb.sale_id = b.sale_id and sb.user_id = b.user_id
       where sb.user_id is null or coalesce(b.items, 0) <> sb.bought
       group by 1
+    ), tallies as (
+      select t.sale_id, sum(t.items) as items from sold_tallies t group by t.sale_id
     ), attempt_figures as (
       select c.sale_id, count(*) as attempts, count(*) filter (where c.outcome = 'issued') as issued
       from checkout_attempts c where c.sale_id is not null group by c.sale_id
@@ -65,7 +69,8 @@ export async function auditSales(sql: Sql): Promise<SaleAudit[]> {
       coalesce(o.buyers, 0) as "buyersOverLimit", coalesce(f.sold_twice, 0) as "itemsSoldTwice",
       coalesce(w.purchases, 0) as "purchasesWithoutCode", coalesce(t.codes, 0) as "codesUsedTwice",
       coalesce(cw.buyers, 0) as "buyerCountsWrong",
-      coalesce(a.attempts, 0) as attempts, coalesce(a.issued, 0) as "attemptsIssued"
+      coalesce(a.attempts, 0) as attempts, coalesce(a.issued, 0) as "attemptsIssued",
+      s.sold as "soldFigure", s.sold + coalesce(ta.items, 0) as "soldTallied"
     from sales s
     left join item_figures f on f.sale_id = s.id
     left join over_limit o on o.sale_id = s.id
@@ -73,6 +78,7 @@ export async function auditSales(sql: Sql): Promise<SaleAudit[]> {
     left join codes_twice t on t.sale_id = s.id
     left join counts_wrong cw on cw.sale_id = s.id
     left join attempt_figures a on a.sale_id = s.id
+    left join tallies ta on ta.sale_id = s.id
     order by s.starts_at`;
 }
 
@@ -85,6 +91,8 @@ export function violations(sale: SaleAudit): string[] {
   if (sale.itemsSoldTwice > 0) found.push(`${sale.itemsSoldTwice} items sold twice`);
   if (sale.purchasesWithoutCode > 0) found.push(`${sale.purchasesWithoutCode} purchases without a matching issued code`);
   if (sale.codesUsedTwice > 0) found.push(`${sale.codesUsedTwice} codes used twice`);
+  // Read in one snapshot, the figure plus the tallies not yet folded into it is the truth.
+  if (sale.soldTallied !== sale.sold) found.push(`sold figure ${sale.soldFigure} and tallies ${sale.soldTallied - sale.soldFigure} disagree with ${sale.sold} sold`);
   if (sale.buyerCountsWrong > 0) found.push(`${sale.buyerCountsWrong} buyers whose counted purchases disagree with their items`);
   return found;
 }

@@ -4,12 +4,14 @@ export type Config = Readonly<{
   port: number;
   host: string;
   databaseUrl: string;
+  readDatabaseUrl: string | null;
   redisUrl: string;
   redisKeyPrefix: string;
   saleSize: number;
   perUserLimit: number;
   saleIntervalSeconds: number;
   codeTtlSeconds: number;
+  salesSnapshotMs: number;
   logLevel: string;
   logRequests: boolean;
   databasePoolMax: number;
@@ -69,12 +71,16 @@ export function loadConfig(env: Env = process.env): Config {
     port: integer(env, 'PORT', 8080, 0, 65535),
     host: env.HOST || '0.0.0.0',
     databaseUrl: url(env, 'DATABASE_URL', 'postgres://postgres@127.0.0.1:5432/flash_sale', ['postgres:', 'postgresql:']),
+    // Read-only endpoints go to this server (a streaming replica) when it is set.
+    readDatabaseUrl: env.READ_DATABASE_URL ? url(env, 'READ_DATABASE_URL', '', ['postgres:', 'postgresql:']) : null,
     redisUrl: url(env, 'REDIS_URL', 'redis://127.0.0.1:6379', ['redis:', 'rediss:']),
     redisKeyPrefix: env.REDIS_KEY_PREFIX ?? 'flash-sale:',
     saleSize: integer(env, 'SALE_SIZE', 10_000, 1, 1_000_000),
     perUserLimit: integer(env, 'PER_USER_LIMIT', 10, 1, 1_000_000),
     saleIntervalSeconds: integer(env, 'SALE_INTERVAL', 3600, 1, 366 * 24 * 3600),
     codeTtlSeconds: integer(env, 'CODE_TTL', 600, 1, 7 * 24 * 3600),
+    // How old the shared snapshot of GET /sales may be: every viewer polling it costs one read per this long.
+    salesSnapshotMs: integer(env, 'SALES_SNAPSHOT_MS', 1000, 1, 60_000),
     logLevel,
     logRequests: flag(env, 'LOG_REQUESTS', false),
     databasePoolMax: integer(env, 'DATABASE_POOL_MAX', 16, 1, 1000),

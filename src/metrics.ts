@@ -32,14 +32,19 @@ export function createMetrics(deps: { sql: Sql; redis: Redis; databasePoolMax: n
   });
   new Gauge({
     name: 'sale_items_sold',
-    help: 'Items sold per sale (open sales and the latest ones), read from PostgreSQL at scrape time',
+    help: 'Items sold per sale (the newest 100 open sales and the latest ones), as sales.sold says at scrape time',
     labelNames: ['sale_id'] as const,
     registers: [registry],
     async collect() {
       this.reset();
-      const sales = await listSales(deps.sql, 5).catch(() => []);
+      const sales = await listSales(deps.sql, { limit: 100, after: null, latest: 5 }).catch(() => []);
       for (const sale of sales) this.set({ sale_id: String(sale.id) }, sale.sold);
     },
+  });
+  const salesListingReads = new Counter({
+    name: 'sales_listing_reads_total',
+    help: 'Reads of the sales listing from PostgreSQL (the rest are served from the shared snapshot)',
+    registers: [registry],
   });
   new Gauge({ name: 'database_pool_max', help: 'Connections this instance may open to PostgreSQL', registers: [registry] }).set(
     deps.databasePoolMax,
@@ -74,6 +79,9 @@ export function createMetrics(deps: { sql: Sql; redis: Redis; databasePoolMax: n
     },
     purchase(outcome: string): void {
       purchaseOutcomes.inc({ outcome });
+    },
+    salesListingRead(): void {
+      salesListingReads.inc();
     },
   };
 }

@@ -1,5 +1,6 @@
-// Redis protects the service and never decides: the rate limits of every instance count here. Any
-// Redis error or timeout means "no limit" for that request (degrade open): PostgreSQL still decides.
+// Redis protects the service and never decides: the rate limits of every instance count here, and the
+// listing snapshot they share lives here. Any Redis error or timeout means "no limit" for that request
+// (degrade open) and "no snapshot" (each instance keeps its own): PostgreSQL still decides.
 import { createClient } from 'redis';
 
 // A fixed-window counter: the first hit of a window sets its expiry.
@@ -72,6 +73,19 @@ export function createRedis(options: { url: string; keyPrefix: string; timeoutMs
     async ping(): Promise<void> {
       if (!client.isReady) throw new Error('Redis is not connected');
       await client.ping();
+    },
+
+    // A snapshot shared by every instance (the sales listing): its text and the milliseconds it has left,
+    // or null when there is none or Redis does not answer in time.
+    async readSnapshot(key: string): Promise<{ text: string; ttlMs: number } | null> {
+      const fullKey = `${prefix}snapshot:${key}`;
+      const reply = await quietly(() => client.multi().get(fullKey).pTTL(fullKey).exec());
+      const [text, ttlMs] = (reply ?? []) as unknown as [string | null, number];
+      return typeof text === 'string' && ttlMs > 0 ? { text, ttlMs } : null;
+    },
+
+    writeSnapshot(key: string, text: string, ttlMs: number): void {
+      void quietly(() => client.set(`${prefix}snapshot:${key}`, text, { expiration: { type: 'PX', value: ttlMs } }));
     },
 
     // A store for @fastify/rate-limit, shared by every instance. With Redis down or slow it reports an

@@ -2,6 +2,7 @@
 import type { FastifyInstance } from 'fastify';
 import type { Redis } from './redis.ts';
 import type { Sql } from './db.ts';
+import type { Snapshots } from './listing.ts';
 import type { Metrics } from './metrics.ts';
 import { AppError } from './errors.ts';
 import { itemImage, itemName } from './sale.ts';
@@ -11,6 +12,9 @@ import * as store from './store.ts';
 
 export type Deps = {
   sql: Sql;
+  // Read-only endpoints use this one: a replica when READ_DATABASE_URL is set, else the primary.
+  readSql: Sql;
+  snapshots: Snapshots;
   redis: Redis;
   metrics: Metrics;
   rules: store.SaleRules;
@@ -86,16 +90,36 @@ export function registerRoutes(app: FastifyInstance, deps: Deps): void {
     return reply.code(ok ? 200 : 503).send({ status: ok ? 'ok' : 'error', database, redis });
   });
 
-  app.get<{ Querystring: { latest: string } }>('/sales', { schema: schemas.salesSchema }, async (request) => {
-    // Lazily creates the current sale, so a request never waits for an instance's timer.
-    const current = await store.ensureCurrentSale(deps.sql, deps.rules);
-    const sales = await store.listSales(deps.sql, Number(request.query.latest));
-    return { sales: sales.map(saleView), next_sale_at: current.nextStartsAt.toISOString() };
-  });
+  app.get<{ Querystring: { limit: string; after?: string; latest: string } }>(
+    '/sales',
+    { schema: schemas.salesSchema },
+    async (request, reply) => {
+      const page = {
+        limit: Number(request.query.limit),
+        after: request.query.after === undefined ? null : Number(request.query.after),
+        latest: Number(request.query.latest),
+      };
+      const snapshot = await deps.snapshots(`sales:${page.limit}:${page.after}:${page.latest}`, async () => {
+        deps.metrics.salesListingRead();
+        const [sales, nextSaleAt] = await Promise.all([
+          store.listSales(deps.readSql, page),
+          store.nextSaleAt(deps.readSql, deps.rules.saleIntervalSeconds),
+        ]);
+        const open = sales.filter((sale) => sale.sold < sale.size);
+        const nextAfter = open.length >= page.limit ? open[page.limit - 1]!.id : null;
+        return JSON.stringify({ sales: sales.map(saleView), next_after: nextAfter, next_sale_at: nextSaleAt.toISOString() });
+      });
+      // A CDN, a proxy or the browser may answer repeats for a second.
+      reply.header('cache-control', 'public, max-age=1').header('etag', snapshot.etag);
+      if (request.headers['if-none-match'] === snapshot.etag) return reply.code(304).send();
+      return reply.type('application/json; charset=utf-8').send(snapshot.text);
+    },
+  );
 
-  app.get<IdParams>('/sales/:id', { schema: schemas.saleSchema }, async (request) => {
-    const sale = await store.getSale(deps.sql, Number(request.params.id));
+  app.get<IdParams>('/sales/:id', { schema: schemas.saleSchema }, async (request, reply) => {
+    const sale = await store.getSale(deps.readSql, Number(request.params.id));
     if (!sale) throw new AppError('not_found', `Sale ${request.params.id} does not exist`);
+    reply.header('cache-control', 'public, max-age=1');
     return saleView(sale);
   });
 
@@ -105,8 +129,8 @@ export function registerRoutes(app: FastifyInstance, deps: Deps): void {
     async (request) => {
       const saleId = Number(request.params.id);
       const page = { available: request.query.available, limit: Number(request.query.limit), after: Number(request.query.after) };
-      const items = await store.listItems(deps.sql, saleId, page);
-      if (items.length === 0 && !(await store.getSale(deps.sql, saleId))) {
+      const items = await store.listItems(deps.readSql, saleId, page);
+      if (items.length === 0 && !(await store.getSale(deps.readSql, saleId))) {
         throw new AppError('not_found', `Sale ${saleId} does not exist`);
       }
       const full = items.length === page.limit;
@@ -115,13 +139,13 @@ export function registerRoutes(app: FastifyInstance, deps: Deps): void {
   );
 
   app.get<IdParams>('/items/:id', { schema: schemas.itemSchema }, async (request) => {
-    const item = await store.getItem(deps.sql, Number(request.params.id));
+    const item = await store.getItem(deps.readSql, Number(request.params.id));
     if (!item) throw new AppError('item_unknown', `Item ${request.params.id} does not exist`);
     return itemView(item);
   });
 
   app.get<IdParams>('/items/:id/image', { schema: schemas.itemImageSchema }, async (request, reply) => {
-    const item = await store.getItem(deps.sql, Number(request.params.id));
+    const item = await store.getItem(deps.readSql, Number(request.params.id));
     if (!item) throw new AppError('item_unknown', `Item ${request.params.id} does not exist`);
     // The image is a pure function of the item's fixed seed: cache it hard.
     return reply
@@ -135,7 +159,7 @@ export function registerRoutes(app: FastifyInstance, deps: Deps): void {
     { schema: schemas.userPurchasesSchema },
     async (request) => {
       const saleId = request.query.sale_id === undefined ? undefined : Number(request.query.sale_id);
-      const rows = await store.userPurchases(deps.sql, request.params.user_id, saleId);
+      const rows = await store.userPurchases(deps.readSql, request.params.user_id, saleId);
       return {
         user_id: request.params.user_id,
         purchases: rows.map((row) => ({

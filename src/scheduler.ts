@@ -1,34 +1,52 @@
-// Opens each sale at its boundary. Every instance runs one; PostgreSQL lets exactly one of them create
-// the sale, and PostgreSQL's clock says when the next boundary comes, not this machine's.
+// Opens each sale at its boundary, and keeps the sales' sold figures at most about a second behind.
+// Every instance runs one; PostgreSQL lets exactly one of them create a sale (and fold the tallies at
+// a time), and PostgreSQL's clock says when the next boundary comes, not this machine's.
 import type { FastifyBaseLogger } from 'fastify';
 import type { Sql } from './db.ts';
-import { ensureCurrentSale, type SaleRules } from './store.ts';
+import { ensureCurrentSale, refreshSoldCounts, type SaleRules } from './store.ts';
 
 const retryDelayMs = 1000;
 // Wake a little after the boundary so that the database's clock has surely passed it.
 const boundarySlackMs = 20;
+// Node fires a timer of over about 24.8 days at once: a long interval is slept in steps.
+const maxSleepMs = 3_600_000;
+const refreshEveryMs = 500;
 
 export function startScheduler(sql: Sql, rules: SaleRules, log: FastifyBaseLogger): { stop: () => void } {
-  let timer: NodeJS.Timeout | undefined;
+  const timers: { sale?: NodeJS.Timeout; refresh?: NodeJS.Timeout } = {};
   let stopped = false;
+  let refreshFailing = false;
 
-  async function tick(): Promise<void> {
+  async function openSale(): Promise<void> {
     let delayMs = retryDelayMs;
     try {
       const sale = await ensureCurrentSale(sql, rules);
       if (sale.created) log.info({ saleId: sale.saleId }, 'sale opened');
-      delayMs = Math.max(0, sale.secondsToNext * 1000) + boundarySlackMs;
+      delayMs = Math.min(maxSleepMs, Math.max(0, sale.secondsToNext * 1000) + boundarySlackMs);
     } catch (error) {
       log.warn({ err: error }, 'could not ensure the current sale; retrying');
     }
-    if (!stopped) timer = setTimeout(() => void tick(), delayMs);
+    if (!stopped) timers.sale = setTimeout(() => void openSale(), delayMs);
   }
 
-  void tick();
+  async function refresh(): Promise<void> {
+    try {
+      await refreshSoldCounts(sql);
+      refreshFailing = false;
+    } catch (error) {
+      if (!refreshFailing) log.warn({ err: error }, 'could not refresh the sold figures; retrying');
+      refreshFailing = true;
+    }
+    if (!stopped) timers.refresh = setTimeout(() => void refresh(), refreshEveryMs);
+  }
+
+  void openSale();
+  void refresh();
   return {
     stop() {
       stopped = true;
-      clearTimeout(timer);
+      clearTimeout(timers.sale);
+      clearTimeout(timers.refresh);
     },
   };
 }

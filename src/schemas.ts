@@ -106,17 +106,26 @@ export const healthSchema = {
 } as const;
 
 export const salesSchema = {
-  summary: "Open sales and the latest ones, newest first; opens the current sale if missing",
+  summary: "Open sales, newest first, a keyset page at a time; the first page also lists the latest sales, open or not",
+  description: 'Served from a snapshot at most a second old (SALES_SNAPSHOT_MS), with an ETag.',
   tags: ['browse'],
   querystring: {
     type: 'object',
-    properties: { latest: digits('^(100|[1-9][0-9]?)$', 5, 'Recent sales to list besides the open ones, 1 to 100') },
+    properties: {
+      limit: digits('^(100|[1-9][0-9]?)$', 20, 'Open sales per page, 1 to 100'),
+      after: { ...id, description: 'next_after of the previous page' },
+      latest: digits('^(100|[1-9][0-9]?)$', 5, 'Recent sales, open or not, listed on the first page too, 1 to 100'),
+    },
   },
   response: {
     200: {
       type: 'object',
-      required: ['sales', 'next_sale_at'],
-      properties: { sales: { type: 'array', items: sale }, next_sale_at: timestamp },
+      required: ['sales', 'next_after', 'next_sale_at'],
+      properties: {
+        sales: { type: 'array', items: sale },
+        next_after: { type: ['integer', 'null'], description: 'Pass as after for the next page of open sales (null on the last)' },
+        next_sale_at: timestamp,
+      },
     },
     ...errors,
   },

@@ -4,6 +4,7 @@ import { createRedis } from './redis.ts';
 import { ConfigError, loadConfig, type Config } from './config.ts';
 import { connect, ensureDatabase, migrate } from './db.ts';
 import { startScheduler } from './scheduler.ts';
+import { ensureCurrentSale } from './store.ts';
 
 // PostgreSQL may still be starting (compose, a reboot): try for a bounded while, then give up loudly.
 async function withRetries<T>(work: () => Promise<T>, attempts: number, onRetry: (error: unknown) => void): Promise<T> {
@@ -20,19 +21,23 @@ async function withRetries<T>(work: () => Promise<T>, attempts: number, onRetry:
 
 async function main(config: Config): Promise<void> {
   const sql = connect(config.databaseUrl, { max: config.databasePoolMax });
+  const readSql = config.readDatabaseUrl ? connect(config.readDatabaseUrl, { max: config.databasePoolMax }) : sql;
   const redis = createRedis({
     url: config.redisUrl,
     keyPrefix: config.redisKeyPrefix,
     timeoutMs: config.redisTimeoutMs,
     onError: (error) => app.log.warn({ err: error }, 'redis error; rate limits let requests through until it is back'),
   });
-  const app = buildApp(config, { sql, redis });
+  const app = buildApp(config, { sql, readSql, redis });
 
   await withRetries(
     async () => {
       await ensureDatabase(config.databaseUrl);
       const applied = await migrate(sql);
       if (applied.length > 0) app.log.info({ applied }, 'migrations applied');
+      // The current sale is open before the first request (read endpoints never create it).
+      const sale = await ensureCurrentSale(sql, config);
+      if (sale.created) app.log.info({ saleId: sale.saleId }, 'sale opened');
     },
     30,
     (error) => app.log.warn({ err: error }, 'database not ready; retrying'),
@@ -53,6 +58,7 @@ async function main(config: Config): Promise<void> {
     scheduler.stop();
     await app.close(); // stops accepting, waits for in-flight requests
     await redis.close();
+    if (readSql !== sql) await readSql.end({ timeout: 5 });
     await sql.end({ timeout: 5 });
     app.log.info('stopped');
   };

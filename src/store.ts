@@ -67,27 +67,36 @@ export async function purchase(sql: Sql, codes: string[]): Promise<PurchaseResul
 
 export type SaleSummary = { id: number; startsAt: Date; size: number; perUserLimit: number; sold: number };
 
-// Open sales (any item left) and the latest ones, newest first. Sold is derived, never stored.
-export async function listSales(sql: Sql, latest: number): Promise<SaleSummary[]> {
+// A page of open sales, newest first, after the sale `after` (keyset), and on the first page also the
+// `latest` newest sales, open or not. `sold` is the figure refresh_sold_counts() keeps (at most a
+// second behind): one row per sale, whatever the sale's size.
+export async function listSales(sql: Sql, page: { limit: number; after: number | null; latest: number }): Promise<SaleSummary[]> {
+  const columns = sql`id, starts_at as "startsAt", size, per_user_limit as "perUserLimit", sold`;
+  const open = sql`
+    select ${columns} from sales
+    where sold < size ${page.after === null ? sql`` : sql`and starts_at < (select starts_at from sales where id = ${page.after})`}
+    order by starts_at desc limit ${page.limit}`;
+  const latest = sql`select ${columns} from sales order by starts_at desc limit ${page.latest}`;
   return sql<SaleSummary[]>`
-    select s.id, s.starts_at as "startsAt", s.size, s.per_user_limit as "perUserLimit",
-           s.size - available.count as sold
-    from sales s
-    cross join lateral (
-      select count(*) as count from items i where i.sale_id = s.id and i.buyer_id is null
-    ) as available
-    where available.count > 0
-       or s.id in (select id from sales order by starts_at desc limit ${latest})
-    order by s.starts_at desc
-    limit 100`;
+    select * from ((${open}) ${page.after === null ? sql`union (${latest})` : sql``}) as page
+    order by "startsAt" desc`;
+}
+
+// When the next sale opens, by PostgreSQL's clock (the one the scheduler follows).
+export async function nextSaleAt(sql: Sql, intervalSeconds: number): Promise<Date> {
+  const [row] = await sql<{ at: Date }[]>`select sale_boundary(now(), ${intervalSeconds}) + make_interval(secs => ${intervalSeconds}) as at`;
+  return row!.at;
 }
 
 export async function getSale(sql: Sql, saleId: number): Promise<SaleSummary | undefined> {
   const [row] = await sql<SaleSummary[]>`
-    select s.id, s.starts_at as "startsAt", s.size, s.per_user_limit as "perUserLimit",
-           s.size - (select count(*) from items i where i.sale_id = s.id and i.buyer_id is null) as sold
-    from sales s where s.id = ${saleId}`;
+    select id, starts_at as "startsAt", size, per_user_limit as "perUserLimit", sold from sales where id = ${saleId}`;
   return row;
+}
+
+// Folds the purchases' tallies into every sale's sold figure (one instance at a time does the work).
+export async function refreshSoldCounts(sql: Sql): Promise<void> {
+  await sql`select refresh_sold_counts()`;
 }
 
 export type ItemRow = { id: number; saleId: number; seed: number; sold: boolean };

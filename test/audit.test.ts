@@ -47,9 +47,10 @@ async function buy(userId: string, itemId: number): Promise<string> {
   return code;
 }
 
-// A sale behind the rules' back: the item and the buyer's count written directly.
+// A sale behind the rules' back: the item, the buyer's count and the sale's tally written directly.
 async function forceSale(saleId: number, userId: string, itemId: number, code: string): Promise<void> {
   await sql()`update items set buyer_id = ${userId}, purchase_code = ${code}, sold_at = now() where id = ${itemId}`;
+  await sql()`insert into sold_tallies (sale_id, items) values (${saleId}, 1)`;
   await sql()`
     insert into sale_buyers (sale_id, user_id, bought) values (${saleId}, ${userId}, 1)
     on conflict (sale_id, user_id) do update set bought = sale_buyers.bought + 1`;
@@ -96,6 +97,12 @@ test('the audit names each kind of violation, on the sale that has it, and nothi
     insert into items (id, sale_id, seed, buyer_id, purchase_code, sold_at) overriding system value
     select id, sale_id, seed, 'heidi', purchase_code || '-again', sold_at from items where id = ${soldTwice.items[0]!}`;
   await sql()`insert into sale_buyers (sale_id, user_id, bought) values (${soldTwice.id}, 'heidi', 1)`;
+  await sql()`insert into sold_tallies (sale_id, items) values (${soldTwice.id}, 1)`;
+
+  // The sold figure browsing shows, ahead of what was sold (one tally not yet folded in).
+  const figureAhead = await newSale(5, 2);
+  await buy('ivan', figureAhead.items[0]!);
+  await sql()`update sales set sold = 3 where id = ${figureAhead.id}`;
 
   const report = new Map((await auditSales(sql())).map((sale) => [sale.saleId, sale]));
   const found = (saleId: number) => violations(report.get(saleId)!);
@@ -114,6 +121,7 @@ test('the audit names each kind of violation, on the sale that has it, and nothi
   assert.deepEqual(found(codeTwice.id), ['1 purchases without a matching issued code', '1 codes used twice']);
   // The second row of item soldTwice.items[0] has a code nobody was issued, so that shows too.
   assert.deepEqual(found(soldTwice.id), ['1 items sold twice', '1 purchases without a matching issued code']);
+  assert.deepEqual(found(figureAhead.id), ['sold figure 3 and tallies 1 disagree with 1 sold']);
   const twice: SaleAudit = report.get(soldTwice.id)!;
   assert.equal(twice.sold, 2);
 });

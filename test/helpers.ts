@@ -46,7 +46,7 @@ export function uniquePrefix(): string {
 }
 
 // The environment an instance of the service gets in tests; every value can be overridden.
-export function testEnv(database: TestDatabase, prefix: string, overrides: Record<string, string> = {}) {
+export function testEnv(database: { url: string }, prefix: string, overrides: Record<string, string> = {}) {
   return {
     DATABASE_URL: database.url,
     REDIS_URL: redisUrl,
@@ -67,7 +67,7 @@ export async function startApp(database: TestDatabase, prefix: string, overrides
   const sql = connect(config.databaseUrl, { max: config.databasePoolMax });
   const redis = createRedis({ url: config.redisUrl, keyPrefix: config.redisKeyPrefix, timeoutMs: config.redisTimeoutMs, onError: () => {} });
   redis.start();
-  const app = buildApp(config, { sql, redis });
+  const app = buildApp(config, { sql, readSql: sql, redis });
   await app.ready();
   return {
     app,

@@ -3,6 +3,7 @@
 // the reference's clients look for. Then the database holds exactly what was sold.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { ensureCurrentSale } from '../src/store.ts';
 import { useTestApp } from './helpers.ts';
 
 const LIMIT_MESSAGE = 'User has reached the maximum of 10 items per sale';
@@ -18,6 +19,7 @@ async function post(url: string): Promise<Reply> {
 
 test('one user buys 10 items one by one; the 11th purchase is refused with 429', async () => {
   const user = 'reference-client-user';
+  await ensureCurrentSale(fixture.database.sql, fixture.testApp.config); // as start-up does
 
   // Like the client: find the current sale and its available items through the API.
   const sales = await fixture.testApp.app.inject({ method: 'GET', url: '/sales' });

@@ -125,9 +125,15 @@ test('three instances open exactly one full sale per 2-second boundary, and olde
   const [sold] = await db.sql<{ buyerId: string | null }[]>`select buyer_id as "buyerId" from items where id = ${item!.id}`;
   assert.equal(sold!.buyerId, 'rotation-user');
 
-  // Every instance lists the open sales, newest first.
+  // Every instance lists the open sales, newest first, and the purchase within the listing's snapshot
+  // second and the sold figure's half second.
   for (const instance of instances) {
-    const listed = await request(instance, 'GET', '/sales');
+    let listed = await request(instance, 'GET', '/sales?limit=100');
+    for (const deadline = Date.now() + 3000; Date.now() < deadline; listed = await request(instance, 'GET', '/sales?limit=100')) {
+      const entry = (listed.body.sales as { id: number; sold: number }[]).find((sale) => sale.id === first.id);
+      if (entry?.sold === 1) break;
+      await sleep(100);
+    }
     assert.equal(listed.status, 200, JSON.stringify(listed.body));
     const list = listed.body.sales as { id: number; starts_at: string; items: number; sold: number; open: boolean }[];
     assert.ok(list.length >= sales.length, `lists ${list.length} sales, the database has ${sales.length}`);

@@ -1,10 +1,12 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { ensureCurrentSale } from '../src/store.ts';
 import { useTestApp } from './helpers.ts';
 
 const fixture = useTestApp();
 
 test('a checkout then a purchase sells the item', async () => {
+  await ensureCurrentSale(fixture.database.sql, fixture.testApp.config); // as start-up does
   const sales = await fixture.testApp.app.inject({ method: 'GET', url: '/sales' });
   assert.equal(sales.statusCode, 200);
   const saleId = sales.json().sales[0].id;
