@@ -27,6 +27,9 @@ const ui = {
   live: $('live-state'),
   sales: $('sales'),
   salesEmpty: $('sales-empty'),
+  olderRow: $('older-row'),
+  olderSales: /** @type {HTMLButtonElement} */ ($('older-sales')),
+  salesStatus: $('sales-status'),
   itemsHeading: $('items-heading'),
   itemsMeta: $('items-meta'),
   grid: $('grid'),
@@ -45,7 +48,13 @@ const ui = {
 
 const state = {
   userId: /** @type {string | null} */ (null),
-  sales: /** @type {Map<number, any>} */ (new Map()),
+  sales: /** @type {Map<number, any>} */ (new Map()), // every sale listed, newest first (see mergeSales)
+  firstPage: /** @type {any[]} */ ([]), // GET /sales as last polled
+  firstAfter: /** @type {number | null} */ (null), // its next_after
+  older: /** @type {Map<number, any>} */ (new Map()), // sales from the pages after it, and the one the hash named
+  olderAfter: /** @type {number | null | undefined} */ (undefined), // next_after of the last older page (undefined: none shown)
+  loadingOlder: false,
+  hashLookup: /** @type {'pending' | 'done' | null} */ (null),
   saleId: /** @type {number | null} */ (null),
   nextAfter: /** @type {number | null} */ (0),
   loading: false,
@@ -417,7 +426,7 @@ function renderSales(list) {
   const wanted = visible.map((sale) => String(sale.id));
   const current = [...ui.sales.children].map((li) => li.getAttribute('data-sale'));
   if (wanted.join() !== current.join()) {
-    // Rebuild only when the set or order changed (a new sale): keep keyboard focus where it was.
+    // Rebuild only when the set or order changed (a new sale, older ones): keep keyboard focus where it was.
     const focusedSale = document.activeElement?.closest?.('.sale-card')?.getAttribute('data-sale');
     const existing = new Map([...ui.sales.children].map((li) => [li.getAttribute('data-sale'), li]));
     ui.sales.replaceChildren(...visible.map((sale) => existing.get(String(sale.id)) ?? saleCard(sale)));
@@ -427,27 +436,124 @@ function renderSales(list) {
   ui.salesEmpty.hidden = visible.length > 0;
 }
 
+// The first page is the truth about every sale down to its last open one (about all of them when it is
+// the only page); older pages only fill in below that line, so a sale sold out since they were read drops
+// out with it. The selected sale stays listed whatever it is.
+function mergeSales() {
+  const line = state.firstPage.find((sale) => sale.id === state.firstAfter);
+  const below = (sale) => line !== undefined && Date.parse(sale.starts_at) < Date.parse(line.starts_at);
+  for (const sale of state.older.values()) if (!below(sale) && sale.id !== state.saleId) state.older.delete(sale.id);
+  // The older pages' cursor is above the line now: paging goes on from the first page's.
+  if (state.firstAfter === null || (typeof state.olderAfter === 'number' && !state.older.has(state.olderAfter))) {
+    state.olderAfter = undefined;
+  }
+  const merged = new Map(state.firstPage.map((sale) => [sale.id, sale]));
+  for (const sale of state.older.values()) if (!merged.has(sale.id)) merged.set(sale.id, sale);
+  const newestFirst = (a, b) => Date.parse(b.starts_at) - Date.parse(a.starts_at);
+  state.sales = new Map([...merged.values()].sort(newestFirst).map((sale) => [sale.id, sale]));
+}
+
+// Where the next page of older sales starts (null: every open sale is listed).
+function olderCursor() {
+  return state.olderAfter === undefined ? state.firstAfter : state.olderAfter;
+}
+
+function updateOlderSales() {
+  ui.olderSales.hidden = olderCursor() === null;
+  ui.olderSales.disabled = state.loadingOlder;
+  ui.olderRow.hidden = ui.olderSales.hidden && !ui.salesStatus.textContent;
+}
+
+function showSales() {
+  mergeSales();
+  renderSales([...state.sales.values()]);
+  updateItemsMeta();
+  updateOlderSales();
+}
+
+// On load: the sale in the #sale-N hash (looked up once when the first page doesn't list it), else the
+// newest open one.
+function chooseSale() {
+  if (state.hashLookup === 'pending') return;
+  const fromHash = Number(/^#sale-(\d+)$/.exec(location.hash)?.[1]);
+  if (fromHash > 0 && !state.sales.has(fromHash) && state.hashLookup === null) {
+    state.hashLookup = 'pending';
+    api('GET', `/sales/${fromHash}`)
+      .then(
+        (sale) => {
+          state.older.set(sale.id, sale);
+          if (state.saleId === null) selectSale(sale.id, false);
+        },
+        () => {}, // gone or unreachable: the newest open sale instead
+      )
+      .finally(() => {
+        state.hashLookup = 'done';
+        showSales();
+        if (state.saleId === null) chooseSale();
+      });
+    return;
+  }
+  const choice = state.sales.has(fromHash) ? fromHash : [...state.sales.values()].find((sale) => sale.open)?.id;
+  if (choice !== undefined) selectSale(choice, false);
+}
+
 function applySales(data) {
-  state.sales = new Map(data.sales.map((sale) => [sale.id, sale]));
+  // Once older pages are shown, sales that newer ones push off the first page stay listed below it.
+  if (state.olderAfter !== undefined) for (const sale of state.firstPage) if (sale.open) state.older.set(sale.id, sale);
+  state.firstPage = data.sales;
+  state.firstAfter = data.next_after;
   const next = Date.parse(data.next_sale_at);
   if (Number.isFinite(next)) {
     state.nextSaleAt = next;
     ui.countdown.setAttribute('datetime', data.next_sale_at);
   }
   tickCountdown();
-  if (state.saleId === null) {
-    const fromHash = Number(/^#sale-(\d+)$/.exec(location.hash)?.[1]);
-    const first = data.sales.find((sale) => sale.open);
-    const choice = state.sales.has(fromHash) ? fromHash : first?.id;
-    if (choice !== undefined && choice !== state.saleId) {
-      renderSales(data.sales);
-      selectSale(choice, false);
-      return;
-    }
-  }
-  renderSales(data.sales);
-  updateItemsMeta();
+  showSales();
+  if (state.saleId === null) chooseSale();
 }
+
+// The selected sale when the first page doesn't list it (an older one): read on its own, so that its card
+// and what is left of it follow purchases too.
+async function refreshSelected() {
+  const saleId = state.saleId;
+  if (saleId === null || state.firstPage.some((sale) => sale.id === saleId)) return;
+  const sale = await api('GET', `/sales/${saleId}`).catch(() => null);
+  if (!sale || saleId !== state.saleId) return;
+  state.older.set(sale.id, sale);
+  showSales();
+}
+
+async function loadOlderSales() {
+  const after = olderCursor();
+  if (state.loadingOlder || after === null) return;
+  state.loadingOlder = true;
+  ui.salesStatus.textContent = 'Loading older sales…';
+  updateOlderSales();
+  let fresh = [];
+  let status = '';
+  try {
+    const data = await api('GET', `/sales?after=${after}`);
+    // Unless a poll moved the first page meanwhile: this page could then leave a gap above it (click again).
+    if (after === olderCursor()) {
+      fresh = data.sales.filter((sale) => !state.sales.has(sale.id));
+      for (const sale of data.sales) state.older.set(sale.id, sale);
+      state.olderAfter = data.next_after;
+    }
+  } catch (error) {
+    status = error instanceof ApiError ? error.message : 'Could not load older sales.';
+  } finally {
+    state.loadingOlder = false;
+    ui.salesStatus.textContent = status;
+    showSales();
+  }
+  // The button was disabled meanwhile (and may be gone now): unless focus went elsewhere since, it goes on
+  // to the first sale the page brought.
+  if (document.activeElement !== document.body && document.activeElement !== ui.olderSales) return;
+  const first = fresh.length > 0 ? ui.sales.querySelector(`button[data-sale="${Number(fresh[0].id)}"]`) : null;
+  (first ?? (ui.olderSales.hidden ? ui.sales.lastElementChild?.querySelector('button') : ui.olderSales))?.focus();
+}
+
+ui.olderSales.addEventListener('click', () => loadOlderSales());
 
 let polling = null;
 function pollSales() {
@@ -456,6 +562,7 @@ function pollSales() {
       applySales(data);
       ui.live.classList.remove('offline');
       ui.live.lastChild.textContent = 'Live';
+      return refreshSelected();
     })
     .catch(() => {
       ui.live.classList.add('offline');

@@ -1,6 +1,7 @@
 // The storefront in a real browser (Debian's Chromium through playwright-core) against a real instance:
 // buy through the page up to the limit, live sold counts, a lost answer finished on reload without
-// buying twice, and a phone-sized screen without horizontal scrolling.
+// buying twice, and a phone-sized screen without horizontal scrolling; then, with more open sales than
+// one page of GET /sales, every one of them reached through "Show older sales".
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
@@ -30,6 +31,16 @@ async function itemsOwned(database: TestDatabase, saleId: number, userId: string
 
 async function pendingCode(page: Page): Promise<string | null> {
   return (await page.evaluate(`sessionStorage.getItem('flash-sale:pending-purchase')`)) as string | null;
+}
+
+// The sale ids the page lists, in its order.
+async function listedSales(page: Page): Promise<number[]> {
+  return (await page.evaluate(`[...document.querySelectorAll('#sales li')].map((li) => Number(li.dataset.sale))`)) as number[];
+}
+
+async function openSales(database: TestDatabase): Promise<number[]> {
+  const rows = await database.sql<{ id: number }[]>`select id::int from sales where sold < size order by starts_at desc`;
+  return rows.map((row) => row.id);
 }
 
 // Every lazy image loaded, so the screenshot shows the pictures.
@@ -199,5 +210,134 @@ test('the storefront buys through the page up to the limit, updates live, and fi
   const b = (await smallCards.nth(1).boundingBox())!;
   assert.ok(a.x >= 0 && b.x + b.width <= 390, `cards inside the screen: ${JSON.stringify({ a, b })}`);
   assert.equal(Math.round(a.y), Math.round(b.y), 'two cards side by side');
+  await phone.close();
+});
+
+test('the storefront pages back to the oldest open sale, keeps older pages across polls, buys in them', { timeout: 120_000 }, async (t) => {
+  if (!existsSync(chromiumPath)) {
+    t.skip(`${chromiumPath} is missing: install Debian's Chromium (apt-get install -y chromium) to run the browser test`);
+    return;
+  }
+
+  const opened: { database?: TestDatabase; instance?: Instance; browser?: Browser } = {};
+  const prefix = uniquePrefix();
+  t.after(async () => {
+    await opened.browser?.close();
+    await opened.instance?.stop();
+    await opened.database?.drop();
+    await dropRedisPrefix(prefix);
+  });
+
+  const database = (opened.database = await createDatabase());
+  const instance = (opened.instance = await startInstance(testEnv(database, prefix)));
+  // 45 quiet hours before the current sale, nothing sold in any: with it, 46 open sales, which GET /sales
+  // lists 20 at a time.
+  const [current] = await database.sql<{ id: number; startsAt: Date }[]>`
+    select id::int, starts_at as "startsAt" from sales order by starts_at desc limit 1`;
+  await database.sql`
+    with made as (
+      insert into sales (starts_at, size, per_user_limit, sold)
+      select ${current!.startsAt}::timestamptz - make_interval(hours => n), 3, 2, 0 from generate_series(1, 45) as n
+      returning id
+    )
+    insert into items (sale_id, seed) select id, seed from made, generate_series(1, 3) as seed`;
+  let expected = await openSales(database);
+  assert.equal(expected.length, 46);
+
+  const browser = (opened.browser = await chromium.launch({ executablePath: chromiumPath, args: launchArgs }));
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(15_000);
+  const pageErrors: string[] = [];
+  page.on('pageerror', (error) => pageErrors.push(error.message));
+  page.on('console', (message) => {
+    if (message.type() === 'error') pageErrors.push(message.text());
+  });
+  await page.goto(`${instance.url}/`);
+
+  // The first page: the 20 newest open sales, the current one chosen.
+  await page.waitForFunction(`document.querySelectorAll('#sales li').length === 20`);
+  assert.deepEqual(await listedSales(page), expected.slice(0, 20));
+  assert.equal(await page.locator(`#sales button[data-sale="${current!.id}"]`).getAttribute('aria-pressed'), 'true');
+
+  // "Show older sales" until it is gone: each click appends the next page below the ones shown.
+  const older = page.getByRole('button', { name: 'Show older sales' });
+  let clicks = 0;
+  while (await older.isVisible()) {
+    const before = (await listedSales(page)).length;
+    await older.click();
+    clicks += 1;
+    await page.waitForFunction(`document.querySelectorAll('#sales li').length > ${before}`);
+    assert.ok(clicks <= 3, 'the button goes once every open sale is listed');
+  }
+  assert.equal(clicks, 2);
+  assert.deepEqual(await listedSales(page), expected, 'every open sale, newest first, each once');
+  // Focus moved on to the first sale the last click brought (the button is gone).
+  assert.equal(await page.evaluate(`document.activeElement?.dataset.sale`), String(expected[40]));
+
+  // Polls replace the first page only: the older pages stay.
+  const firstPagePolled = () =>
+    page.waitForResponse((response) => {
+      const url = new URL(response.url());
+      return url.pathname === '/sales' && url.search === '';
+    });
+  await firstPagePolled();
+  await firstPagePolled();
+  assert.deepEqual(await listedSales(page), expected);
+
+  // A newer sale pushes the first page's last sale off it: that sale stays listed, the list whole.
+  await database.sql`
+    with made as (
+      insert into sales (starts_at, size, per_user_limit, sold)
+      values (${current!.startsAt}::timestamptz - interval '30 minutes', 3, 2, 0) returning id
+    )
+    insert into items (sale_id, seed) select id, seed from made, generate_series(1, 3) as seed`;
+  expected = await openSales(database);
+  await page.waitForFunction(`[...document.querySelectorAll('#sales li')].map((li) => li.dataset.sale).join() === '${expected.join()}'`);
+  assert.equal(await older.isVisible(), false);
+
+  // The oldest sale: selected like any other, its items listed, and bought from.
+  const oldest = expected.at(-1)!;
+  const oldestCard = page.locator(`#sales button[data-sale="${oldest}"]`);
+  await oldestCard.click();
+  assert.equal(await oldestCard.getAttribute('aria-pressed'), 'true');
+  assert.equal(await page.locator('#items-heading').innerText(), `Items in sale #${oldest}`);
+  const items = await database.sql<{ id: number }[]>`select id::int from items where sale_id = ${oldest} order by id`;
+  await page.waitForFunction(`document.querySelectorAll('#grid li.item').length === 3`);
+  assert.deepEqual(
+    await page.evaluate(`[...document.querySelectorAll('#grid li.item')].map((li) => Number(li.dataset.item))`),
+    items.map((item) => item.id),
+  );
+  assert.equal(await page.evaluate('location.hash'), `#sale-${oldest}`);
+  await page.getByLabel('User id').fill('old_hand');
+  await page.getByLabel('User id').press('Enter');
+  await page.locator('#grid li.item').first().getByRole('button', { name: 'Buy' }).click();
+  await page.locator('#result.ok').waitFor();
+  assert.equal(await itemsOwned(database, oldest, 'old_hand'), 1);
+  // Not in the first page, the selected sale is read on its own: its count follows the purchase.
+  await page.waitForFunction(`/1\\s*\\/ 3 sold/.test(document.querySelector('#sales button[data-sale="${oldest}"]').textContent)`);
+
+  // Reloaded at #sale-N: the oldest sale, which no first page lists, is looked up and chosen again.
+  await page.reload();
+  await page.waitForFunction(`document.querySelector('#sales button[data-sale="${oldest}"]')?.getAttribute('aria-pressed') === 'true'`);
+  assert.equal(await page.locator('#items-heading').innerText(), `Items in sale #${oldest}`);
+  await page.waitForFunction(`document.querySelectorAll('#grid li.item').length === 2`);
+  assert.equal(await older.isVisible(), true);
+  assert.deepEqual(pageErrors, []);
+
+  // On a phone the button sits under the row of sales, inside the screen, with nothing to scroll sideways.
+  const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 });
+  const small = await phone.newPage();
+  await small.goto(`${instance.url}/`);
+  const smallOlder = small.getByRole('button', { name: 'Show older sales' });
+  await smallOlder.waitFor();
+  const box = (await smallOlder.boundingBox())!;
+  const row = (await small.locator('#sales').boundingBox())!;
+  const placed = box.x >= 0 && box.x + box.width <= 390 && box.y >= row.y + row.height;
+  assert.ok(placed, `the button under the sales, inside the screen: ${JSON.stringify({ box, row })}`);
+  const widths = (await small.evaluate(
+    `({ scroll: document.documentElement.scrollWidth, client: document.documentElement.clientWidth })`,
+  )) as { scroll: number; client: number };
+  assert.ok(widths.scroll <= widths.client, `no horizontal scrolling: ${JSON.stringify(widths)}`);
   await phone.close();
 });
