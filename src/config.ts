@@ -11,6 +11,7 @@ export type Config = Readonly<{
   perUserLimit: number;
   saleIntervalSeconds: number;
   codeTtlSeconds: number;
+  attemptsRetentionDays: number | null;
   salesSnapshotMs: number;
   logLevel: string;
   logRequests: boolean;
@@ -79,6 +80,9 @@ export function loadConfig(env: Env = process.env): Config {
     perUserLimit: integer(env, 'PER_USER_LIMIT', 10, 1, 1_000_000),
     saleIntervalSeconds: integer(env, 'SALE_INTERVAL', 3600, 1, 366 * 24 * 3600),
     codeTtlSeconds: integer(env, 'CODE_TTL', 600, 1, 7 * 24 * 3600),
+    // Unset keeps every checkout attempt; set, whole months of attempts older than this are dropped. At
+    // least 8 days: a code may live 7 (CODE_TTL), and a partition holds a month.
+    attemptsRetentionDays: env.ATTEMPTS_RETENTION_DAYS ? integer(env, 'ATTEMPTS_RETENTION_DAYS', 0, 8, 100_000) : null,
     // How old the shared snapshot of GET /sales may be: every viewer polling it costs one read per this long.
     salesSnapshotMs: integer(env, 'SALES_SNAPSHOT_MS', 1000, 1, 60_000),
     logLevel,

@@ -65,27 +65,40 @@ export async function ensureDatabase(databaseUrl: string): Promise<void> {
   }
 }
 
-// Applies migrations/NNNN_*.sql in order, each once, all in one transaction under an advisory lock
-// so that instances starting together neither race nor see a half-migrated schema. `through` stops at
-// that file (a test of a later migration needs data written under the schema before it).
+// Applies migrations/NNNN_*.sql in order, each once and each in a transaction of its own, under an
+// advisory lock so that instances starting together neither race nor see a half-migrated schema. A file
+// commits before the next one starts: a migration that must not hold its locks long is split into files
+// (work under weak locks first, a brief exclusive step last). `through` stops at that file (a test of a
+// later migration needs data written under the schema before it).
 export async function migrate(sql: Sql, options: { through?: string } = {}): Promise<string[]> {
   const files = (await readdir(migrationsDir))
     .filter((name) => /^\d{4}_[\w-]+\.sql$/.test(name) && (options.through === undefined || name <= options.through))
     .sort();
-  return sql.begin(async (tx) => {
-    await tx`select pg_advisory_xact_lock(${migrationLockKey})`;
-    await tx`
+  const connection = await sql.reserve();
+  try {
+    await connection`select pg_advisory_lock(${migrationLockKey})`;
+    await connection`
       create table if not exists schema_migrations (
         version    text primary key,
         applied_at timestamptz not null default now()
       )`;
-    const done = new Set((await tx`select version from schema_migrations`).map((row) => row.version as string));
+    const done = new Set((await connection`select version from schema_migrations`).map((row) => row.version as string));
     const applied: string[] = [];
     for (const file of files.filter((name) => !done.has(name))) {
-      await tx.file(migrationsDir + file);
-      await tx`insert into schema_migrations (version) values (${file})`;
+      await connection`begin`;
+      try {
+        await connection.file(migrationsDir + file);
+        await connection`insert into schema_migrations (version) values (${file})`;
+        await connection`commit`;
+      } catch (error) {
+        await connection`rollback`.catch(() => {});
+        throw error;
+      }
       applied.push(file);
     }
     return applied;
-  });
+  } finally {
+    await connection`select pg_advisory_unlock(${migrationLockKey})`.catch(() => {});
+    connection.release();
+  }
 }

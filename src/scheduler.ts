@@ -1,9 +1,10 @@
-// Opens each sale at its boundary, and keeps the sales' sold figures at most about a second behind.
+// Opens each sale at its boundary, keeps the sales' sold figures at most about a second behind, and
+// makes checkout_attempts' partitions ahead of time (dropping old ones when retention is set).
 // Every instance runs one; PostgreSQL lets exactly one of them create a sale (and fold the tallies at
 // a time), and PostgreSQL's clock says when the next boundary comes, not this machine's.
 import type { FastifyBaseLogger } from 'fastify';
 import type { Sql } from './db.ts';
-import { ensureCurrentSale, refreshSoldCounts, type SaleRules } from './store.ts';
+import { createAttemptPartitions, dropOldAttemptPartitions, ensureCurrentSale, refreshSoldCounts, type SaleRules } from './store.ts';
 
 const retryDelayMs = 1000;
 // Wake a little after the boundary so that the database's clock has surely passed it.
@@ -11,9 +12,15 @@ const boundarySlackMs = 20;
 // Node fires a timer of over about 24.8 days at once: a long interval is slept in steps.
 const maxSleepMs = 3_600_000;
 const refreshEveryMs = 500;
+const maintainEveryMs = 3_600_000;
 
-export function startScheduler(sql: Sql, rules: SaleRules, log: FastifyBaseLogger): { stop: () => void } {
-  const timers: { sale?: NodeJS.Timeout; refresh?: NodeJS.Timeout } = {};
+export function startScheduler(
+  sql: Sql,
+  rules: SaleRules,
+  log: FastifyBaseLogger,
+  attempts: { retentionDays: number | null } = { retentionDays: null },
+): { stop: () => void } {
+  const timers: { sale?: NodeJS.Timeout; refresh?: NodeJS.Timeout; maintain?: NodeJS.Timeout } = {};
   let stopped = false;
   let refreshFailing = false;
 
@@ -40,13 +47,29 @@ export function startScheduler(sql: Sql, rules: SaleRules, log: FastifyBaseLogge
     if (!stopped) timers.refresh = setTimeout(() => void refresh(), refreshEveryMs);
   }
 
+  async function maintain(): Promise<void> {
+    try {
+      const made = await createAttemptPartitions(sql);
+      if (made > 0) log.info({ made }, 'checkout_attempts partitions made ahead');
+      if (attempts.retentionDays !== null) {
+        const dropped = await dropOldAttemptPartitions(sql, attempts.retentionDays);
+        if (dropped.length > 0) log.info({ dropped }, 'checkout_attempts partitions past retention dropped');
+      }
+    } catch (error) {
+      log.warn({ err: error }, 'could not maintain the checkout_attempts partitions; trying again in an hour');
+    }
+    if (!stopped) timers.maintain = setTimeout(() => void maintain(), maintainEveryMs);
+  }
+
   void openSale();
   void refresh();
+  void maintain();
   return {
     stop() {
       stopped = true;
       clearTimeout(timers.sale);
       clearTimeout(timers.refresh);
+      clearTimeout(timers.maintain);
     },
   };
 }

@@ -43,7 +43,7 @@ async function main(config: Config): Promise<void> {
     (error) => app.log.warn({ err: error }, 'database not ready; retrying'),
   );
   redis.start();
-  const scheduler = startScheduler(sql, config, app.log);
+  const scheduler = startScheduler(sql, config, app.log, { retentionDays: config.attemptsRetentionDays });
   await app.listen({ port: config.port, host: config.host });
 
   let closing = false;

@@ -129,6 +129,30 @@ export async function userPurchases(sql: Sql, userId: string, saleId: number | u
     limit 1000`;
 }
 
+// Partitions of checkout_attempts for the month ahead, made ahead of time (one instance at a time).
+export async function createAttemptPartitions(sql: Sql): Promise<number> {
+  const [row] = await sql<{ made: number }[]>`select create_attempt_partitions(1) as made`;
+  return row!.made;
+}
+
+// Detaches and drops every partition whose attempts are all older than `retentionDays` at `at`: whole
+// tables, never rows. Detaching locks the whole table for a moment: it waits at most 200 ms for that (a
+// checkout waits behind it no longer), or fails and is tried again at the next maintenance.
+export async function dropOldAttemptPartitions(sql: Sql, retentionDays: number, at = new Date()): Promise<string[]> {
+  const expired = await sql<{ name: string }[]>`
+    select name from attempt_partitions()
+    where ends_at <= ${at}::timestamptz - make_interval(days => ${retentionDays})
+    order by ends_at`;
+  for (const { name } of expired) {
+    await sql.begin(async (tx) => {
+      await tx`set local lock_timeout = '200ms'`;
+      await tx`alter table checkout_attempts detach partition ${tx(name)}`;
+      await tx`drop table ${tx(name)}`;
+    });
+  }
+  return expired.map((row) => row.name);
+}
+
 // The service's connections as PostgreSQL sees them (all instances): active, idle, idle in transaction.
 export async function connectionStates(sql: Sql) {
   return sql<{ state: string; count: number }[]>`
