@@ -37,7 +37,7 @@ export function createMetrics(deps: { sql: Sql; redis: Redis; databasePoolMax: n
     registers: [registry],
     async collect() {
       this.reset();
-      const sales = await listSales(deps.sql, { limit: 100, after: null, latest: 5 }).catch(() => []);
+      const { sales } = await listSales(deps.sql, { limit: 100, after: null, latest: 5 }, 3600).catch(() => ({ sales: [] }));
       for (const sale of sales) this.set({ sale_id: String(sale.id) }, sale.sold);
     },
   });

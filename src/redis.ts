@@ -84,6 +84,15 @@ export function createRedis(options: { url: string; keyPrefix: string; timeoutMs
       return typeof text === 'string' && ttlMs > 0 ? { text, ttlMs } : null;
     },
 
+    // True for the one caller that may make the snapshot now (or for anyone while Redis does not answer).
+    async claimSnapshot(key: string, ttlMs: number): Promise<boolean> {
+      const claimKey = `${prefix}snapshot-claim:${key}`;
+      const reply = await quietly(() =>
+        client.set(claimKey, '1', { condition: 'NX', expiration: { type: 'PX', value: ttlMs } }).then((set) => set ?? 'taken'),
+      );
+      return reply !== 'taken';
+    },
+
     writeSnapshot(key: string, text: string, ttlMs: number): void {
       void quietly(() => client.set(`${prefix}snapshot:${key}`, text, { expiration: { type: 'PX', value: ttlMs } }));
     },

@@ -101,10 +101,7 @@ export function registerRoutes(app: FastifyInstance, deps: Deps): void {
       };
       const snapshot = await deps.snapshots(`sales:${page.limit}:${page.after}:${page.latest}`, async () => {
         deps.metrics.salesListingRead();
-        const [sales, nextSaleAt] = await Promise.all([
-          store.listSales(deps.readSql, page),
-          store.nextSaleAt(deps.readSql, deps.rules.saleIntervalSeconds),
-        ]);
+        const { sales, nextSaleAt } = await store.listSales(deps.readSql, page, deps.rules.saleIntervalSeconds);
         const open = sales.filter((sale) => sale.sold < sale.size);
         const nextAfter = open.length >= page.limit ? open[page.limit - 1]!.id : null;
         return JSON.stringify({ sales: sales.map(saleView), next_after: nextAfter, next_sale_at: nextSaleAt.toISOString() });

@@ -68,24 +68,24 @@ export async function purchase(sql: Sql, codes: string[]): Promise<PurchaseResul
 export type SaleSummary = { id: number; startsAt: Date; size: number; perUserLimit: number; sold: number };
 
 // A page of open sales, newest first, after the sale `after` (keyset), and on the first page also the
-// `latest` newest sales, open or not. `sold` is the figure refresh_sold_counts() keeps (at most a
-// second behind): one row per sale, whatever the sale's size.
-export async function listSales(sql: Sql, page: { limit: number; after: number | null; latest: number }): Promise<SaleSummary[]> {
+// `latest` newest sales, open or not; and when the next sale opens, by PostgreSQL's clock (the one the
+// scheduler follows). `sold` is the figure refresh_sold_counts() keeps (at most a second behind): one
+// row per sale, whatever the sale's size.
+export async function listSales(sql: Sql, page: { limit: number; after: number | null; latest: number }, intervalSeconds: number) {
   const columns = sql`id, starts_at as "startsAt", size, per_user_limit as "perUserLimit", sold`;
   const open = sql`
     select ${columns} from sales
     where sold < size ${page.after === null ? sql`` : sql`and starts_at < (select starts_at from sales where id = ${page.after})`}
     order by starts_at desc limit ${page.limit}`;
   const latest = sql`select ${columns} from sales order by starts_at desc limit ${page.latest}`;
-  return sql<SaleSummary[]>`
-    select * from ((${open}) ${page.after === null ? sql`union (${latest})` : sql``}) as page
-    order by "startsAt" desc`;
-}
-
-// When the next sale opens, by PostgreSQL's clock (the one the scheduler follows).
-export async function nextSaleAt(sql: Sql, intervalSeconds: number): Promise<Date> {
-  const [row] = await sql<{ at: Date }[]>`select sale_boundary(now(), ${intervalSeconds}) + make_interval(secs => ${intervalSeconds}) as at`;
-  return row!.at;
+  // One row with no sale when there is none, so that the next boundary always comes back.
+  const rows = await sql<(SaleSummary & { nextSaleAt: Date })[]>`
+    select page.*, next.at as "nextSaleAt"
+    from (select sale_boundary(now(), ${intervalSeconds}) + make_interval(secs => ${intervalSeconds}) as at) as next
+    left join ((${open}) ${page.after === null ? sql`union (${latest})` : sql``}) as page on true
+    order by page."startsAt" desc`;
+  const sales: SaleSummary[] = rows.filter((row) => row.id !== null);
+  return { sales, nextSaleAt: rows[0]!.nextSaleAt };
 }
 
 export async function getSale(sql: Sql, saleId: number): Promise<SaleSummary | undefined> {
