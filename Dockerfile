@@ -26,9 +26,10 @@ COPY src ./src
 USER node
 EXPOSE 8080
 
-# No curl in the slim image: ask /health with Node's built-in fetch (200 only when PostgreSQL and Redis answer).
+# No curl in the slim image: ask /readyz with Node's built-in fetch (200 once PostgreSQL answers with the
+# schema this code expects; a Redis outage does not make an instance unhealthy, it sells without Redis).
 HEALTHCHECK --interval=5s --timeout=3s --start-period=30s --retries=3 \
-  CMD ["node", "-e", "fetch('http://127.0.0.1:' + (process.env.PORT || 8080) + '/health', { signal: AbortSignal.timeout(2500) }).then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
+  CMD ["node", "-e", "fetch('http://127.0.0.1:' + (process.env.PORT || 8080) + '/readyz', { signal: AbortSignal.timeout(2500) }).then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
 
 # Exec form, no shell in between: SIGTERM reaches node (PID 1, or the child of compose's `init`), which drains.
 CMD ["node", "src/server.ts"]

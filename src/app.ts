@@ -6,7 +6,7 @@ import fastifySwagger from '@fastify/swagger';
 import fastifySwaggerUi from '@fastify/swagger-ui';
 import Fastify, { LogController, type FastifyError, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Config } from './config.ts';
-import { AppError, errorStatus, type ErrorCode } from './errors.ts';
+import { AppError, errorStatus, messages, type ErrorCode } from './errors.ts';
 import { isDatabaseUnavailable } from './db.ts';
 import { registerRateLimits } from './limits.ts';
 import { createSnapshots } from './listing.ts';
@@ -25,7 +25,7 @@ function toReply(error: FastifyError | AppError | Error): Reply {
     return { status: 400, error: 'bad_request', message: error.message };
   }
   if (isDatabaseUnavailable(error)) {
-    return { status: 503, error: 'database_unavailable', message: 'The database is unavailable; try again shortly' };
+    return { status: 503, error: 'database_unavailable', message: messages.databaseUnavailable() };
   }
   const status = (error as FastifyError).statusCode;
   if (status !== undefined && status >= 400 && status < 500) {
@@ -51,7 +51,7 @@ function rawCheckout(request: FastifyRequest) {
 
 const publicDir = fileURLToPath(new URL('../public/', import.meta.url));
 
-export function buildApp(config: Config, deps: Pick<Deps, 'sql' | 'readSql' | 'redis'>) {
+export function buildApp(config: Config, deps: Pick<Deps, 'sql' | 'readSql' | 'probeSql' | 'redis'>) {
   const hops = Number(config.trustProxy);
   const app = Fastify({
     logger: { level: config.logLevel },
@@ -90,8 +90,15 @@ export function buildApp(config: Config, deps: Pick<Deps, 'sql' | 'readSql' | 'r
     done(null, payload);
   });
 
-  const metrics = createMetrics({ sql: deps.sql, redis: deps.redis, databasePoolMax: config.databasePoolMax });
-  const shop = createShop({ sql: deps.sql, metrics, codeTtlSeconds: config.codeTtlSeconds, batchesInFlight: config.batchesInFlight });
+  const metrics = createMetrics({ sql: deps.probeSql, redis: deps.redis, databasePoolMax: config.databasePoolMax });
+  const shop = createShop({
+    sql: deps.sql,
+    metrics,
+    codeTtlSeconds: config.codeTtlSeconds,
+    batchesInFlight: config.batchesInFlight,
+    queue: { maxQueued: config.queueMax, queueTimeoutMs: config.queueTimeoutMs },
+    statementTimeoutMs: config.statementTimeoutMs,
+  });
   app.addHook('onResponse', (request, reply, done) => {
     metrics.observeRequest(request.method, request.routeOptions.url ?? 'unknown', reply.statusCode, reply.elapsedTime / 1000);
     done();
@@ -99,17 +106,23 @@ export function buildApp(config: Config, deps: Pick<Deps, 'sql' | 'readSql' | 'r
 
   app.setErrorHandler(async (error: FastifyError, request, reply) => {
     let response = toReply(error);
-    // A checkout refused before the checkout statement ran (bad parameters, rate limit) is still an attempt.
-    if (request.routeOptions.url === '/checkout' && response.status < 500 && !decidedByCheckout(error)) {
-      const outcome = response.error === 'rate_limited' ? 'rate_limited' : 'bad_request';
+    // A checkout refused before the checkout statement ran (bad parameters, rate limit, overload) is still
+    // an attempt. When it cannot be recorded either (the database is out of reach, or the recording was
+    // shed too), the client is refused all the same and the metrics count the attempt.
+    const shedding = response.error === 'overloaded';
+    if (request.routeOptions.url === '/checkout' && (response.status < 500 || shedding) && !decidedByCheckout(error)) {
+      const outcome = shedding ? 'overloaded' : response.error === 'rate_limited' ? 'rate_limited' : 'bad_request';
       try {
         await shop.recordRefusedCheckout({ ...rawCheckout(request), outcome });
         metrics.checkout(outcome);
       } catch (recordError) {
-        response = toReply(recordError as Error);
+        metrics.unrecordedCheckout(outcome);
+        if (!shedding) response = toReply(recordError as Error);
       }
     }
-    if (response.status >= 500) request.log.error({ err: error }, 'request failed');
+    if (response.status === 503) reply.header('retry-after', 1);
+    if (response.status === 500) request.log.error({ err: error }, 'request failed');
+    else if (response.error === 'database_unavailable') request.log.warn({ err: error }, 'database unavailable');
     return reply.code(response.status).send({ error: response.error, message: response.message });
   });
 

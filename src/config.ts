@@ -17,6 +17,9 @@ export type Config = Readonly<{
   logRequests: boolean;
   databasePoolMax: number;
   batchesInFlight: number;
+  queueMax: number;
+  queueTimeoutMs: number;
+  statementTimeoutMs: number;
   redisTimeoutMs: number;
   healthTimeoutMs: number;
   shutdownGraceMs: number;
@@ -91,6 +94,12 @@ export function loadConfig(env: Env = process.env): Config {
     // Checkout and purchase statements each may have this many in flight, a further one only while a full
     // batch (64) waits; requests arriving meanwhile are coalesced into the next statement.
     batchesInFlight: integer(env, 'BATCHES_IN_FLIGHT', 4, 1, 1000),
+    // A request waits at most this long for its statement to start, and finds at most this many ahead of
+    // it; past either it is answered 503 overloaded at once and never sent.
+    queueTimeoutMs: integer(env, 'QUEUE_TIMEOUT_MS', 1000, 1, 60_000),
+    queueMax: integer(env, 'QUEUE_MAX', 5000, 1, 1_000_000),
+    // Each statement (and lock wait), enforced by PostgreSQL and, for a server that cannot, by the service.
+    statementTimeoutMs: integer(env, 'STATEMENT_TIMEOUT_MS', 2000, 10, 600_000),
     redisTimeoutMs: integer(env, 'REDIS_TIMEOUT_MS', 100, 1, 60_000),
     healthTimeoutMs: integer(env, 'HEALTH_TIMEOUT_MS', 1000, 1, 60_000),
     shutdownGraceMs: integer(env, 'SHUTDOWN_GRACE_MS', 10_000, 0, 600_000),

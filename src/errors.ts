@@ -12,6 +12,8 @@ export const errorStatus = {
   // 429 keeps the reference service's clients working; the `error` field tells it from rate limiting.
   limit_reached: 429,
   rate_limited: 429,
+  // The request waited its whole queue budget (or found the queue full) and was never sent.
+  overloaded: 503,
   database_unavailable: 503,
   internal: 500,
 } as const;
@@ -37,4 +39,6 @@ export const messages = {
   codeUnknown: () => 'This checkout code is not valid',
   codeExpired: () => 'This checkout code has expired; check out the item again',
   limitReached: (limit: number) => `User has reached the maximum of ${limit} items per sale`,
+  overloaded: () => 'The service is overloaded; try again shortly (checkout and purchase are safe to retry)',
+  databaseUnavailable: () => 'The database is unavailable; try again shortly (checkout and purchase are safe to retry)',
 };

@@ -41,6 +41,18 @@ export function createMetrics(deps: { sql: Sql; redis: Redis; databasePoolMax: n
       for (const sale of sales) this.set({ sale_id: String(sale.id) }, sale.sold);
     },
   });
+  const shedRequests = new Counter({
+    name: 'requests_shed_total',
+    help: 'Requests answered 503 overloaded without reaching PostgreSQL (queue full or its budget spent), by kind',
+    labelNames: ['kind'] as const,
+    registers: [registry],
+  });
+  const unrecordedCheckouts = new Counter({
+    name: 'checkout_attempts_unrecorded_total',
+    help: 'Refused checkouts that could not be recorded (PostgreSQL out of reach, or the recording shed too), by outcome',
+    labelNames: ['outcome'] as const,
+    registers: [registry],
+  });
   const salesListingReads = new Counter({
     name: 'sales_listing_reads_total',
     help: 'Reads of the sales listing from PostgreSQL (the rest are served from the shared snapshot)',
@@ -79,6 +91,12 @@ export function createMetrics(deps: { sql: Sql; redis: Redis; databasePoolMax: n
     },
     purchase(outcome: string): void {
       purchaseOutcomes.inc({ outcome });
+    },
+    shed(kind: string): void {
+      shedRequests.inc({ kind });
+    },
+    unrecordedCheckout(outcome: string): void {
+      unrecordedCheckouts.inc({ outcome });
     },
     salesListingRead(): void {
       salesListingReads.inc();

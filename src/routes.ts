@@ -1,7 +1,7 @@
 // Thin handlers: read the validated request, call the shop or the store, shape the reply.
 import type { FastifyInstance } from 'fastify';
 import type { Redis } from './redis.ts';
-import type { Sql } from './db.ts';
+import { latestMigration, type Sql } from './db.ts';
 import type { Snapshots } from './listing.ts';
 import type { Metrics } from './metrics.ts';
 import { AppError } from './errors.ts';
@@ -12,6 +12,8 @@ import * as store from './store.ts';
 
 export type Deps = {
   sql: Sql;
+  // /health, /readyz and /metrics: a connection of their own, so that probes never take one from the sale.
+  probeSql: Sql;
   // Read-only endpoints use this one: a replica when READ_DATABASE_URL is set, else the primary.
   readSql: Sql;
   snapshots: Snapshots;
@@ -83,11 +85,26 @@ export function registerRoutes(app: FastifyInstance, deps: Deps): void {
 
   app.get('/health', { schema: schemas.healthSchema, config: unlimited }, async (_request, reply) => {
     const [database, redis] = await Promise.all([
-      withTimeout(store.ping(deps.sql), deps.healthTimeoutMs),
+      withTimeout(store.ping(deps.probeSql), deps.healthTimeoutMs),
       withTimeout(deps.redis.ping(), deps.healthTimeoutMs),
     ]);
     const ok = database === 'ok' && redis === 'ok';
     return reply.code(ok ? 200 : 503).send({ status: ok ? 'ok' : 'error', database, redis });
+  });
+
+  // Liveness: the process runs and its event loop turns. Touches no dependency.
+  app.get('/livez', { schema: schemas.livezSchema, config: unlimited }, async () => ({ status: 'ok' }));
+
+  // Readiness: PostgreSQL answers and its schema is the one this code was written for. Redis is not asked:
+  // without it the service still sells correctly.
+  app.get('/readyz', { schema: schemas.readyzSchema, config: unlimited }, async (_request, reply) => {
+    let schema: string | null = null;
+    const database = await withTimeout(
+      store.schemaVersion(deps.probeSql).then((version) => (schema = version)),
+      deps.healthTimeoutMs,
+    );
+    const ready = database === 'ok' && schema === latestMigration;
+    return reply.code(ready ? 200 : 503).send({ status: ready ? 'ok' : 'error', database, schema, expected_schema: latestMigration });
   });
 
   app.get<{ Querystring: { limit: string; after?: string; latest: string } }>(

@@ -105,6 +105,29 @@ export const healthSchema = {
   response: { 200: health, 503: health },
 } as const;
 
+export const livezSchema = {
+  summary: 'Liveness: the process runs (touches no dependency)',
+  tags: ['operate'],
+  response: { 200: { type: 'object', required: ['status'], properties: { status: { type: 'string', enum: ['ok'] } } } },
+} as const;
+
+const readiness = {
+  type: 'object',
+  required: ['status', 'database', 'schema', 'expected_schema'],
+  properties: {
+    status: dependency,
+    database: dependency,
+    schema: { type: ['string', 'null'], description: 'The newest migration applied to the database' },
+    expected_schema: { type: 'string', description: 'The newest migration this instance knows' },
+  },
+} as const;
+
+export const readyzSchema = {
+  summary: 'Readiness: PostgreSQL answers and its schema is the one this instance expects (Redis is not needed)',
+  tags: ['operate'],
+  response: { 200: readiness, 503: readiness },
+} as const;
+
 export const salesSchema = {
   summary: "Open sales, newest first, a keyset page at a time; the first page also lists the latest sales, open or not",
   description: 'Served from a snapshot at most a second old (SALES_SNAPSHOT_MS), with an ETag.',

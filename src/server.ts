@@ -20,15 +20,17 @@ async function withRetries<T>(work: () => Promise<T>, attempts: number, onRetry:
 }
 
 async function main(config: Config): Promise<void> {
-  const sql = connect(config.databaseUrl, { max: config.databasePoolMax });
-  const readSql = config.readDatabaseUrl ? connect(config.readDatabaseUrl, { max: config.databasePoolMax }) : sql;
+  const pool = { max: config.databasePoolMax, statementTimeoutMs: config.statementTimeoutMs };
+  const sql = connect(config.databaseUrl, pool);
+  const readSql = config.readDatabaseUrl ? connect(config.readDatabaseUrl, pool) : sql;
+  const probeSql = connect(config.databaseUrl, { max: 1, statementTimeoutMs: config.healthTimeoutMs });
   const redis = createRedis({
     url: config.redisUrl,
     keyPrefix: config.redisKeyPrefix,
     timeoutMs: config.redisTimeoutMs,
     onError: (error) => app.log.warn({ err: error }, 'redis error; rate limits let requests through until it is back'),
   });
-  const app = buildApp(config, { sql, readSql, redis });
+  const app = buildApp(config, { sql, readSql, probeSql, redis });
 
   await withRetries(
     async () => {
@@ -59,6 +61,7 @@ async function main(config: Config): Promise<void> {
     await app.close(); // stops accepting, waits for in-flight requests
     await redis.close();
     if (readSql !== sql) await readSql.end({ timeout: 5 });
+    await probeSql.end({ timeout: 5 });
     await sql.end({ timeout: 5 });
     app.log.info('stopped');
   };

@@ -3,7 +3,7 @@
 // refusals it could answer saved (BENCHMARKS.md).
 import { randomFillSync } from 'node:crypto';
 import { coalesce } from './batch.ts';
-import { retryOnce, type Sql } from './db.ts';
+import { retryOnce, withDeadline, type Sql } from './db.ts';
 import { AppError, messages } from './errors.ts';
 import type { Metrics } from './metrics.ts';
 import * as store from './store.ts';
@@ -13,24 +13,45 @@ export type Shop = ReturnType<typeof createShop>;
 export type Receipt = { code: string; itemId: number; saleId: number; userId: string; purchasedAt: string };
 
 // Concurrent checkouts (and purchases) share one statement: requests arriving while one runs wait to go
-// together in the next (at most 64 each, at most `batchesInFlight` statements of a kind at once).
-export function createShop(deps: { sql: Sql; metrics: Metrics; codeTtlSeconds: number; batchesInFlight: number }) {
-  const limits = { maxBatch: 64, maxInFlight: deps.batchesInFlight };
+// together in the next (at most 64 each, at most `batchesInFlight` statements of a kind at once). Every
+// wait is bounded: the queue (`queue`), and each statement by `statementTimeoutMs` on the server's side
+// and, a little later, on ours (a frozen server enforces nothing).
+export function createShop(deps: {
+  sql: Sql;
+  metrics: Metrics;
+  codeTtlSeconds: number;
+  batchesInFlight: number;
+  queue: { maxQueued: number; queueTimeoutMs: number };
+  statementTimeoutMs: number;
+}) {
+  const limits = { maxBatch: 64, maxInFlight: deps.batchesInFlight, ...deps.queue };
+  const deadlineMs = deps.statementTimeoutMs + 500;
+  const shed = (kind: string) => () => deps.metrics.shed(kind);
   return {
     metrics: deps.metrics,
     // A connection cut (a restarted PostgreSQL, pg_terminate_backend) fails a whole batch: it is tried once
     // more on a fresh connection (both statements are idempotent) rather than failing all its requests.
     recordCheckout: coalesce(
-      (requests: store.CheckoutRequest[]) => retryOnce(() => store.checkout(deps.sql, requests, deps.codeTtlSeconds)),
+      (requests: store.CheckoutRequest[]) =>
+        withDeadline(retryOnce(() => store.checkout(deps.sql, requests, deps.codeTtlSeconds)), deadlineMs),
       limits,
+      shed('checkout'),
     ),
-    decidePurchase: coalesce((codes: string[]) => retryOnce(() => store.purchase(deps.sql, codes)), limits),
+    decidePurchase: coalesce(
+      (codes: string[]) => withDeadline(retryOnce(() => store.purchase(deps.sql, codes)), deadlineMs),
+      limits,
+      shed('purchase'),
+    ),
     // A flood of refused checkouts (what rate limits are for) must not cost PostgreSQL a transaction each.
     // Not retried: the insert is not idempotent.
-    recordRefusedCheckout: coalesce(async (attempts: store.RefusedCheckout[]) => {
-      await store.recordRefusedCheckouts(deps.sql, attempts);
-      return attempts.map(() => undefined);
-    }, limits),
+    recordRefusedCheckout: coalesce(
+      async (attempts: store.RefusedCheckout[]) => {
+        await withDeadline(store.recordRefusedCheckouts(deps.sql, attempts), deadlineMs);
+        return attempts.map(() => undefined);
+      },
+      limits,
+      shed('refused_checkout'),
+    ),
   };
 }
 

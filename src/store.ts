@@ -31,7 +31,7 @@ export async function checkout(sql: Sql, requests: CheckoutRequest[], ttlSeconds
   return inOrder(rows);
 }
 
-export type RefusedCheckout = { outcome: 'bad_request' | 'rate_limited'; userId: string | null; itemId: number | null; detail: string };
+export type RefusedCheckout = { outcome: 'bad_request' | 'rate_limited' | 'overloaded'; userId: string | null; itemId: number | null; detail: string };
 
 // Refused requests are still attempts: any number of them recorded in one statement, each with what the
 // client sent (cut to a readable length by the caller).
@@ -164,4 +164,10 @@ export async function connectionStates(sql: Sql) {
 
 export async function ping(sql: Sql): Promise<void> {
   await sql`select 1`;
+}
+
+// The newest migration applied to the database (one row of a small table).
+export async function schemaVersion(sql: Sql): Promise<string | null> {
+  const [row] = await sql<{ version: string | null }[]>`select max(version) as version from schema_migrations`;
+  return row!.version;
 }

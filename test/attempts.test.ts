@@ -160,7 +160,8 @@ describe('migrations 0006-0008 on a table with history', () => {
       await other.end({ timeout: 5 });
     })();
     const startedAt = performance.now();
-    assert.deepEqual(await migrate(sql), ['0006_attempt_keys.sql', '0007_attempt_keys_backfill.sql', '0008_partitioned_attempts.sql']);
+    const applied = await migrate(sql);
+    assert.deepEqual(applied.slice(0, 3), ['0006_attempt_keys.sql', '0007_attempt_keys_backfill.sql', '0008_partitioned_attempts.sql']);
     const migrationMs = performance.now() - startedAt;
     migrating = false;
     await checkouts;

@@ -4,6 +4,9 @@ import { coalesce } from '../src/batch.ts';
 import * as store from '../src/store.ts';
 import { createDatabase, currentSaleId, type TestDatabase } from './helpers.ts';
 
+// A queue that no test below fills or waits out.
+const roomy = { maxQueued: 1000, queueTimeoutMs: 60_000 };
+
 test('coalesce: callers arriving while a statement runs go together, each gets its own answer', async () => {
   const batches: number[][] = [];
   let release: () => void = () => {};
@@ -12,7 +15,7 @@ test('coalesce: callers arriving while a statement runs go together, each gets i
     batches.push(inputs);
     if (batches.length === 1) await gate; // the first statement is slow: the others queue behind it
     return inputs.map((input) => input * 2);
-  }, { maxBatch: 3, maxInFlight: 1 });
+  }, { maxBatch: 3, maxInFlight: 1, ...roomy });
 
   const first = double(1);
   await new Promise((resolve) => setImmediate(resolve));
@@ -29,7 +32,7 @@ test('coalesce: a second statement starts alongside the first only when a full b
     started.push(inputs);
     await new Promise<void>((resolve) => gates.push(resolve));
     return inputs;
-  }, { maxBatch: 3, maxInFlight: 2 });
+  }, { maxBatch: 3, maxInFlight: 2, ...roomy });
   const tick = () => new Promise((resolve) => setImmediate(resolve));
 
   const calls = [echo(1)];
@@ -54,12 +57,39 @@ test('coalesce: a failed statement fails its own callers only', async () => {
   const run = coalesce(async (inputs: string[]) => {
     if (inputs.includes('bad')) throw new Error('statement failed');
     return inputs.map((input) => input.toUpperCase());
-  }, { maxBatch: 10, maxInFlight: 1 });
+  }, { maxBatch: 10, maxInFlight: 1, ...roomy });
   const bad = run('bad');
   const sameBatch = run('x');
   await assert.rejects(bad, /statement failed/);
   await assert.rejects(sameBatch, /statement failed/);
   assert.equal(await run('later'), 'LATER');
+});
+
+test('coalesce: a call that cannot start within its budget, or finds the queue full, is refused at once and never run', async () => {
+  const ran: number[] = [];
+  let release: () => void = () => {};
+  const gate = new Promise<void>((resolve) => (release = resolve));
+  let shed = 0;
+  const run = coalesce(async (inputs: number[]) => {
+    ran.push(...inputs);
+    await gate; // the first statement hangs, as on a frozen server
+    return inputs;
+  }, { maxBatch: 64, maxInFlight: 1, maxQueued: 3, queueTimeoutMs: 100 }, () => (shed += 1));
+
+  const first = run(1);
+  await new Promise((resolve) => setImmediate(resolve));
+  const started = performance.now();
+  const waiting = [run(2), run(3), run(4)].map((call) => call.then(() => 'answered', (error: { code?: string }) => error.code));
+  const full = await run(5).then(() => 'answered', (error: { code?: string }) => error.code);
+  assert.equal(full, 'overloaded', 'a fourth waiting call finds the queue full');
+  assert.deepEqual(await Promise.all(waiting), ['overloaded', 'overloaded', 'overloaded']);
+  const waitedMs = performance.now() - started;
+  assert.ok(waitedMs >= 90, `refused when the budget ran out, not before (${waitedMs} ms)`);
+  release();
+  assert.equal(await first, 1);
+  assert.equal(await run(6), 6, 'the queue serves again once the statement returns');
+  assert.deepEqual(ran, [1, 6], 'no refused call ever reached the statement');
+  assert.equal(shed, 4);
 });
 
 let database: TestDatabase;

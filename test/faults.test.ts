@@ -13,6 +13,7 @@ import { fileURLToPath } from 'node:url';
 import postgres from 'postgres';
 import { Pool } from 'undici';
 import { auditSales, violations } from '../src/audit.ts';
+import { messages } from '../src/errors.ts';
 import type { Sql } from '../src/db.ts';
 import {
   cleanUp, createDatabase, dropRedisPrefix, freePort, limitsNeverReached, readJson, startInstance, startRedisServer, testEnv, uniquePrefix, type Instance, type TestDatabase,
@@ -541,7 +542,7 @@ test('PostgreSQL connections cut during a load run: 503 or success, pools recove
   assert.deepEqual(bad5xx.slice(0, 5).map(describeAnswer), [], `${bad5xx.length} server errors other than 503 database_unavailable\n${logs(scope)}`);
   assert.deepEqual(unexpectedAnswers(load.answers).slice(0, 5).map(describeAnswer), []);
   const unavailable = load.answers.filter((answer) => answer.status === 503);
-  for (const answer of unavailable) assert.equal(answer.body.message, 'The database is unavailable; try again shortly');
+  for (const answer of unavailable) assert.equal(answer.body.message, messages.databaseUnavailable());
 
   // The pools recover by themselves: two seconds after the last cut, everything succeeds again.
   const late = load.answers.filter((answer) => answer.startedAt > lastCut + 2000);
@@ -644,7 +645,14 @@ test('SIGTERM during load: in-flight and slow requests finish normally, new conn
   const graceMs = 5000;
   const holdMs = 1500;
   const scope = await openScope(t);
-  const env = testEnv(scope.db, scope.prefix, { SHUTDOWN_GRACE_MS: String(graceMs), LOG_LEVEL: 'info' });
+  // The held row lock makes purchases slow on purpose, longer than the default statement timeout and
+  // queue budget allow (the purchases batched behind it wait too): this test is about the drain.
+  const env = testEnv(scope.db, scope.prefix, {
+    SHUTDOWN_GRACE_MS: String(graceMs),
+    LOG_LEVEL: 'info',
+    STATEMENT_TIMEOUT_MS: '30000',
+    QUEUE_TIMEOUT_MS: '30000',
+  });
   const targets = (await start(scope, env, 2)).map((instance, index) => makeTarget(scope, instance, `i${index}`));
   const [draining, other] = targets as [Target, Target];
   const { items } = await saleItems(scope.sql);

@@ -64,10 +64,10 @@ export type TestApp = { app: ReturnType<typeof buildApp>; config: Config; close:
 // The same buildApp that server.ts uses, with the config read from the same variables.
 export async function startApp(database: TestDatabase, prefix: string, overrides: Record<string, string> = {}): Promise<TestApp> {
   const config = loadConfig(testEnv(database, prefix, { LOG_LEVEL: 'silent', ...overrides }));
-  const sql = connect(config.databaseUrl, { max: config.databasePoolMax });
+  const sql = connect(config.databaseUrl, { max: config.databasePoolMax, statementTimeoutMs: config.statementTimeoutMs });
   const redis = createRedis({ url: config.redisUrl, keyPrefix: config.redisKeyPrefix, timeoutMs: config.redisTimeoutMs, onError: () => {} });
   redis.start();
-  const app = buildApp(config, { sql, readSql: sql, redis });
+  const app = buildApp(config, { sql, readSql: sql, probeSql: sql, redis });
   await app.ready();
   return {
     app,

@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { test } from 'node:test';
 import { refreshSoldCounts } from '../src/store.ts';
-import { currentSaleId, uniquePrefix, useTestApp } from './helpers.ts';
+import { latestMigration } from '../src/db.ts';
+import { currentSaleId, freePort, startApp, uniquePrefix, useTestApp } from './helpers.ts';
 
 const fixture = useTestApp();
 
@@ -80,5 +81,43 @@ test('without LOG_REQUESTS there is no log line per request at info', async () =
     assert.equal(instance.output().includes('quiet-please'), false);
   } finally {
     await instance.stop();
+  }
+});
+
+test('/livez touches nothing; /readyz wants PostgreSQL and the schema this code expects, not Redis', async () => {
+  const { testApp, database } = fixture;
+  const livez = await testApp.app.inject({ method: 'GET', url: '/livez' });
+  assert.deepEqual([livez.statusCode, livez.json()], [200, { status: 'ok' }]);
+  const ready = await testApp.app.inject({ method: 'GET', url: '/readyz' });
+  assert.equal(ready.statusCode, 200, ready.body);
+  assert.equal(ready.json().schema, latestMigration);
+
+  // A schema newer than this code (another version migrated it): not ready.
+  await database.sql`insert into schema_migrations (version) values ('9999_from_the_future.sql')`;
+  try {
+    const newer = await testApp.app.inject({ method: 'GET', url: '/readyz' });
+    assert.equal(newer.statusCode, 503);
+    assert.deepEqual(newer.json(), { status: 'error', database: 'ok', schema: '9999_from_the_future.sql', expected_schema: latestMigration });
+  } finally {
+    await database.sql`delete from schema_migrations where version = '9999_from_the_future.sql'`;
+  }
+
+  // Redis unreachable: /health says so, /readyz stays ready; PostgreSQL unreachable: neither, /livez still answers.
+  const noRedis = await startApp(database, uniquePrefix(), { REDIS_URL: `redis://127.0.0.1:${await freePort()}` });
+  const noDatabase = await startApp({ ...database, url: `postgres://postgres@127.0.0.1:${await freePort()}/nowhere` }, uniquePrefix(), {
+    HEALTH_TIMEOUT_MS: '500',
+  });
+  try {
+    assert.equal((await noRedis.app.inject({ method: 'GET', url: '/health' })).statusCode, 503);
+    assert.equal((await noRedis.app.inject({ method: 'GET', url: '/readyz' })).statusCode, 200);
+    const started = performance.now();
+    const unready = await noDatabase.app.inject({ method: 'GET', url: '/readyz' });
+    assert.equal(unready.statusCode, 503);
+    assert.equal(unready.json().database, 'error');
+    assert.ok(performance.now() - started < 5000, 'answered within its bound');
+    assert.equal((await noDatabase.app.inject({ method: 'GET', url: '/livez' })).statusCode, 200);
+  } finally {
+    await noRedis.close();
+    await noDatabase.close();
   }
 });

@@ -2,7 +2,7 @@
 // that need what the shared server on 5432 cannot give: a streaming replica, or a server to freeze or
 // kill. They run as the unprivileged `postgres` user (initdb refuses root) and are removed afterwards.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { readdirSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { chown, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,6 +15,9 @@ export type Cluster = {
   server: ChildProcess;
   url: (database?: string) => string;
   output: () => string;
+  // SIGSTOP and SIGCONT to every process of the cluster, as a stalled disk or a paused VM leaves it.
+  freeze: () => void;
+  thaw: () => void;
   stop: () => Promise<void>;
 };
 
@@ -31,6 +34,29 @@ function owner(): { uid: number; gid: number } {
 
 function run(program: string, args: string[]): void {
   execFileSync(binary(program), args, { ...owner(), stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+// The postmaster and every process it started (each backend is a process group of its own).
+function signalAll(postmaster: number, signal: NodeJS.Signals): void {
+  const children = readdirSync('/proc')
+    .filter((entry) => /^\d+$/.test(entry))
+    .filter((pid) => {
+      try {
+        // /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces, so read after the last ')'.
+        const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+        return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === postmaster;
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
+  for (const pid of [postmaster, ...children]) {
+    try {
+      process.kill(pid, signal);
+    } catch {
+      // exited meanwhile
+    }
+  }
 }
 
 async function ready(url: string, server: ChildProcess, output: () => string): Promise<void> {
@@ -67,6 +93,9 @@ export async function startCluster(options: { standbyOf?: Cluster } = {}): Promi
     ['-D', data, '-p', String(port), '-k', dir, '-c', 'listen_addresses=127.0.0.1', '-c', 'fsync=off', '-c', 'max_connections=100'],
     { uid, gid, stdio: ['ignore', 'pipe', 'pipe'] },
   );
+  // A frozen cluster would outlive this process.
+  const killGroup = () => signalAll(server.pid!, 'SIGCONT');
+  process.once('exit', killGroup);
   let output = '';
   server.stdout!.on('data', (chunk) => (output += chunk));
   server.stderr!.on('data', (chunk) => (output += chunk));
@@ -78,15 +107,18 @@ export async function startCluster(options: { standbyOf?: Cluster } = {}): Promi
     server,
     url,
     output: () => output,
+    freeze: () => signalAll(server.pid!, 'SIGSTOP'),
+    thaw: () => signalAll(server.pid!, 'SIGCONT'),
     async stop() {
       // SIGCONT first: a test may have frozen it. Then a fast shutdown, or a kill if it hangs.
       if (server.exitCode === null && server.signalCode === null) {
-        server.kill('SIGCONT');
+        signalAll(server.pid!, 'SIGCONT');
         server.kill('SIGINT');
         const timer = setTimeout(() => server.kill('SIGKILL'), 10_000);
         await exited;
         clearTimeout(timer);
       }
+      process.off('exit', killGroup);
       await rm(dir, { recursive: true, force: true });
     },
   };
