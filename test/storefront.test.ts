@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { createDatabase, dropRedisPrefix, startInstance, testEnv, uniquePrefix, type Instance, type TestDatabase } from './helpers.ts';
@@ -49,12 +49,13 @@ async function loadAllImages(page: Page): Promise<void> {
   await page.waitForFunction(`[...document.images].every((img) => img.complete && img.naturalWidth > 0)`, undefined, { timeout: 15_000 });
 }
 
-test('the storefront buys through the page up to the limit, updates live, and fits a phone', { timeout: 240_000 }, async (t) => {
+// A database and a service instance of the test's own, closed after it with the browser the test opens;
+// null (and the test skipped) where Debian's Chromium is missing.
+async function openService(t: TestContext, env: Record<string, string> = {}) {
   if (!existsSync(chromiumPath)) {
     t.skip(`${chromiumPath} is missing: install Debian's Chromium (apt-get install -y chromium) to run the browser test`);
-    return;
+    return null;
   }
-
   const opened: { database?: TestDatabase; instance?: Instance; browser?: Browser } = {};
   const prefix = uniquePrefix();
   t.after(async () => {
@@ -63,10 +64,16 @@ test('the storefront buys through the page up to the limit, updates live, and fi
     await opened.database?.drop();
     await dropRedisPrefix(prefix);
   });
-
   const database = (opened.database = await createDatabase());
+  const instance = (opened.instance = await startInstance(testEnv(database, prefix, env)));
+  return { opened, database, instance };
+}
+
+test('the storefront buys through the page up to the limit, updates live, and fits a phone', { timeout: 240_000 }, async (t) => {
   // The limit is stored with the sale when it is created, which this instance does at start-up.
-  const instance = (opened.instance = await startInstance(testEnv(database, prefix, { PER_USER_LIMIT: '2' })));
+  const fixture = await openService(t, { PER_USER_LIMIT: '2' });
+  if (!fixture) return;
+  const { opened, database, instance } = fixture;
   const [sale] = await database.sql<{ id: number; perUserLimit: number }[]>`
     select id::int, per_user_limit as "perUserLimit" from sales order by starts_at desc limit 1`;
   assert.equal(sale!.perUserLimit, 2);
@@ -214,22 +221,9 @@ test('the storefront buys through the page up to the limit, updates live, and fi
 });
 
 test('the storefront pages back to the oldest open sale, keeps older pages across polls, buys in them', { timeout: 120_000 }, async (t) => {
-  if (!existsSync(chromiumPath)) {
-    t.skip(`${chromiumPath} is missing: install Debian's Chromium (apt-get install -y chromium) to run the browser test`);
-    return;
-  }
-
-  const opened: { database?: TestDatabase; instance?: Instance; browser?: Browser } = {};
-  const prefix = uniquePrefix();
-  t.after(async () => {
-    await opened.browser?.close();
-    await opened.instance?.stop();
-    await opened.database?.drop();
-    await dropRedisPrefix(prefix);
-  });
-
-  const database = (opened.database = await createDatabase());
-  const instance = (opened.instance = await startInstance(testEnv(database, prefix)));
+  const fixture = await openService(t);
+  if (!fixture) return;
+  const { opened, database, instance } = fixture;
   // 45 quiet hours before the current sale, nothing sold in any: with it, 46 open sales, which GET /sales
   // lists 20 at a time.
   const [current] = await database.sql<{ id: number; startsAt: Date }[]>`
