@@ -1,5 +1,7 @@
 // Builds the Fastify application with every route and the one error boundary. Never listens.
 import { randomUUID } from 'node:crypto';
+import { STATUS_CODES } from 'node:http';
+import type { Duplex } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import fastifyStatic from '@fastify/static';
 import fastifySwagger from '@fastify/swagger';
@@ -51,6 +53,25 @@ function rawCheckout(request: FastifyRequest) {
 
 const publicDir = fileURLToPath(new URL('../public/', import.meta.url));
 
+// What Node's HTTP parser refuses before Fastify sees a request (headers over 16 KB, a malformed request
+// line, a client too slow to send its request), answered in the service's own error format.
+function clientError(error: Error & { code?: string }, socket: Duplex): void {
+  if (error.code === 'ECONNRESET' || !socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const [code, message]: [ErrorCode, string] =
+    error.code === 'HPE_HEADER_OVERFLOW' ? ['headers_too_large', 'The request headers are larger than 16 KB']
+    : error.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? ['request_timeout', 'The request took too long to arrive']
+    : ['bad_request', 'The request is not valid HTTP (a byte outside ASCII in the URL, a malformed line)'];
+  const body = JSON.stringify({ error: code, message });
+  const status = errorStatus[code];
+  socket.end(
+    `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\n` +
+      `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+  );
+}
+
 export function buildApp(config: Config, deps: Pick<Deps, 'sql' | 'readSql' | 'probeSql' | 'redis'>) {
   const hops = Number(config.trustProxy);
   const app = Fastify({
@@ -68,6 +89,7 @@ export function buildApp(config: Config, deps: Pick<Deps, 'sql' | 'readSql' | 'p
       const response = toReply(error);
       void (reply as FastifyReply).code(response.status).send({ error: response.error, message: response.message });
     },
+    clientErrorHandler: clientError,
     trustProxy: typeof config.trustProxy === 'number' ? (_address: string, hop: number) => hop < hops : config.trustProxy,
     requestTimeout: config.requestTimeoutMs,
     connectionTimeout: config.requestTimeoutMs,

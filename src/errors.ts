@@ -3,8 +3,10 @@
 export const errorStatus = {
   bad_request: 400,
   not_found: 404,
+  request_timeout: 408,
   payload_too_large: 413,
   unsupported_media_type: 415,
+  headers_too_large: 431,
   item_unknown: 404,
   item_sold: 409,
   code_unknown: 404,

@@ -156,3 +156,36 @@ test('a client that sends its request too slowly is cut off at REQUEST_TIMEOUT_M
     await instance.stop();
   }
 });
+
+test("what Node's HTTP parser refuses is answered in the service's own JSON: 431 headers_too_large, 400 bad_request", async () => {
+  const { startInstance, testEnv } = await import('./helpers.ts');
+  const { connect } = await import('node:net');
+  const prefix = uniquePrefix();
+  prefixes.push(prefix);
+  const instance = await startInstance(testEnv(database, prefix));
+  const raw = (request: Buffer) =>
+    new Promise<string>((resolve) => {
+      const socket = connect(instance.port, '127.0.0.1');
+      let answer = '';
+      socket.on('data', (chunk) => (answer += chunk));
+      socket.once('close', () => resolve(answer));
+      socket.write(request);
+    });
+  try {
+    const cases: [Buffer, number, string][] = [
+      [Buffer.from(`GET /sales HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`), 431, 'headers_too_large'],
+      [Buffer.concat([Buffer.from('GET /sales/'), Buffer.from([0xff]), Buffer.from(' HTTP/1.1\r\nHost: x\r\n\r\n')]), 400, 'bad_request'],
+      [Buffer.from('NOT HTTP AT ALL\r\n\r\n'), 400, 'bad_request'],
+    ];
+    for (const [request, status, code] of cases) {
+      const answer = await raw(request);
+      assert.match(answer, new RegExp(`^HTTP/1\\.1 ${status} `), answer.slice(0, 200));
+      assert.match(answer, /content-type: application\/json/i);
+      const body = JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4)) as Record<string, unknown>;
+      assert.deepEqual(Object.keys(body).sort(), ['error', 'message']);
+      assert.equal(body.error, code);
+    }
+  } finally {
+    await instance.stop();
+  }
+});
