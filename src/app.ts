@@ -53,6 +53,10 @@ function rawCheckout(request: FastifyRequest) {
 
 const publicDir = fileURLToPath(new URL('../public/', import.meta.url));
 
+// How long an idle keep-alive connection stays open. A proxy in front must drop its idle connections
+// sooner (deploy/nginx.conf: 4 s), or it may send a request down one the service is closing.
+export const keepAliveTimeoutMs = 5_000;
+
 // What Node's HTTP parser refuses before Fastify sees a request (headers over 16 KB, a malformed request
 // line, a client too slow to send its request), answered in the service's own error format.
 function clientError(error: Error & { code?: string }, socket: Duplex): void {
@@ -93,7 +97,7 @@ export function buildApp(config: Config, deps: Pick<Deps, 'sql' | 'readSql' | 'p
     trustProxy: typeof config.trustProxy === 'number' ? (_address: string, hop: number) => hop < hops : config.trustProxy,
     requestTimeout: config.requestTimeoutMs,
     connectionTimeout: config.requestTimeoutMs,
-    keepAliveTimeout: 5_000,
+    keepAliveTimeout: keepAliveTimeoutMs,
     // While draining, requests already on an open connection are still served (with `Connection: close`):
     // nothing a client sent is dropped; new connections are refused by the closed listener.
     return503OnClosing: false,

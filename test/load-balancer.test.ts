@@ -8,11 +8,12 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { keepAliveTimeoutMs } from '../src/app.ts';
 import { createDatabase, currentSaleId, dropRedisPrefix, freePort, startInstance, testEnv, uniquePrefix, type Instance } from './helpers.ts';
 
 const nginx = ['/usr/sbin/nginx', '/usr/bin/nginx'].find((path) => existsSync(path));
 
-test('deploy/nginx.conf spreads requests over the instances and passes the client address on', { skip: !nginx && 'nginx is not installed' }, async () => {
+test('deploy/nginx.conf spreads requests over the instances, passes the client address on, and survives idle gaps', { skip: !nginx && 'nginx is not installed', timeout: 60_000 }, async () => {
   const database = await createDatabase();
   const prefix = uniquePrefix();
   const instances: Instance[] = [];
@@ -25,7 +26,7 @@ test('deploy/nginx.conf spreads requests over the instances and passes the clien
     instances.push(await startInstance(env), await startInstance(env));
     const port = await freePort();
     const config = (await readFile(new URL('../deploy/nginx.conf', import.meta.url), 'utf8'))
-      .replace('server app-scaled:8080;', instances.map((instance) => `server 127.0.0.1:${instance.port};`).join('\n'))
+      .replace('server app-scaled:8080 resolve;', instances.map((instance) => `server 127.0.0.1:${instance.port};`).join('\n'))
       .replace('listen 8080;', `listen 127.0.0.1:${port};`)
       .replace('worker_processes auto;', `worker_processes 1;\npid ${join(dir, 'nginx.pid')};\nerror_log ${join(dir, 'error.log')};`);
     assert.notEqual(config.indexOf('127.0.0.1:' + instances[0]!.port), -1, 'the upstream line was found and replaced');
@@ -52,6 +53,19 @@ test('deploy/nginx.conf spreads requests over the instances and passes the clien
       const metrics = await (await fetch(`${instance.url}/metrics`)).text();
       assert.match(metrics, /^http_request_duration_seconds_count\{method="POST",route="\/(checkout|purchase)",status_code="200"\} [1-9]/m);
     }
+    // nginx drops idle upstream connections before the service closes them (else, at the wrong moment,
+    // it sends a request down a connection being closed: a 502 for a POST, which it never re-sends).
+    const upstreamIdle = /keepalive_timeout (\d+)s;/.exec(config);
+    assert.ok(upstreamIdle && Number(upstreamIdle[1]) * 1000 < keepAliveTimeoutMs, `nginx keeps idle connections ${upstreamIdle?.[1]} s`);
+    // And requests after idle gaps just over the service's keep-alive are answered by the service.
+    for (let gap = 0; gap < 2; gap += 1) {
+      await new Promise((resolve) => setTimeout(resolve, keepAliveTimeoutMs + 100));
+      const burst = await Promise.all(
+        items.slice(0, 8).map((item, index) => fetch(`${url}/checkout?user_id=gap${gap}-${index}&id=${item.id}`, { method: 'POST' })),
+      );
+      assert.deepEqual(burst.map((response) => response.status), burst.map(() => 409), `after an idle gap of 5.1 s`);
+    }
+
     // The limit is keyed by the client's address as nginx saw it: not nginx's own, and not a forged header.
     const reply = await fetch(`${url}/sales/${saleId}`, { headers: { 'x-forwarded-for': '203.0.113.9' } });
     assert.equal(reply.status, 200);
