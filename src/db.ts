@@ -1,6 +1,5 @@
 // The one place that creates postgres.js instances, creates the database and applies migrations.
 import { readdirSync } from 'node:fs';
-import { readdir } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import postgres from 'postgres';
 
@@ -96,8 +95,15 @@ export async function ensureDatabase(databaseUrl: string): Promise<void> {
   }
 }
 
+// migrations/NNNN_*.sql, in the order they apply.
+function migrationFiles(): string[] {
+  return readdirSync(migrationsDir).filter((name) => /^\d{4}_[\w-]+\.sql$/.test(name)).sort();
+}
+
 // The newest migration this code knows: a database whose schema is at another one is not ready for it.
-export const latestMigration = readdirSync(migrationsDir).filter((name) => /^\d{4}_[\w-]+\.sql$/.test(name)).sort().at(-1)!;
+export function latestMigration(): string {
+  return migrationFiles().at(-1)!;
+}
 
 // Applies migrations/NNNN_*.sql in order, each once and each in a transaction of its own, under an
 // advisory lock so that instances starting together neither race nor see a half-migrated schema. A file
@@ -105,9 +111,7 @@ export const latestMigration = readdirSync(migrationsDir).filter((name) => /^\d{
 // (work under weak locks first, a brief exclusive step last). `through` stops at that file (a test of a
 // later migration needs data written under the schema before it).
 export async function migrate(sql: Sql, options: { through?: string } = {}): Promise<string[]> {
-  const files = (await readdir(migrationsDir))
-    .filter((name) => /^\d{4}_[\w-]+\.sql$/.test(name) && (options.through === undefined || name <= options.through))
-    .sort();
+  const files = migrationFiles().filter((name) => options.through === undefined || name <= options.through);
   const connection = await sql.reserve();
   try {
     await connection`select pg_advisory_lock(${migrationLockKey})`;

@@ -97,14 +97,15 @@ export function registerRoutes(app: FastifyInstance, deps: Deps): void {
 
   // Readiness: PostgreSQL answers and its schema is the one this code was written for. Redis is not asked:
   // without it the service still sells correctly.
+  const expectedSchema = latestMigration();
   app.get('/readyz', { schema: schemas.readyzSchema, config: unlimited }, async (_request, reply) => {
     let schema: string | null = null;
     const database = await withTimeout(
       store.schemaVersion(deps.probeSql).then((version) => (schema = version)),
       deps.healthTimeoutMs,
     );
-    const ready = database === 'ok' && schema === latestMigration;
-    return reply.code(ready ? 200 : 503).send({ status: ready ? 'ok' : 'error', database, schema, expected_schema: latestMigration });
+    const ready = database === 'ok' && schema === expectedSchema;
+    return reply.code(ready ? 200 : 503).send({ status: ready ? 'ok' : 'error', database, schema, expected_schema: expectedSchema });
   });
 
   app.get<{ Querystring: { limit: string; after?: string; latest: string } }>(

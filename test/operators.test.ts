@@ -90,14 +90,14 @@ test('/livez touches nothing; /readyz wants PostgreSQL and the schema this code 
   assert.deepEqual([livez.statusCode, livez.json()], [200, { status: 'ok' }]);
   const ready = await testApp.app.inject({ method: 'GET', url: '/readyz' });
   assert.equal(ready.statusCode, 200, ready.body);
-  assert.equal(ready.json().schema, latestMigration);
+  assert.equal(ready.json().schema, latestMigration());
 
   // A schema newer than this code (another version migrated it): not ready.
   await database.sql`insert into schema_migrations (version) values ('9999_from_the_future.sql')`;
   try {
     const newer = await testApp.app.inject({ method: 'GET', url: '/readyz' });
     assert.equal(newer.statusCode, 503);
-    assert.deepEqual(newer.json(), { status: 'error', database: 'ok', schema: '9999_from_the_future.sql', expected_schema: latestMigration });
+    assert.deepEqual(newer.json(), { status: 'error', database: 'ok', schema: '9999_from_the_future.sql', expected_schema: latestMigration() });
   } finally {
     await database.sql`delete from schema_migrations where version = '9999_from_the_future.sql'`;
   }
