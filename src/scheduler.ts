@@ -20,23 +20,31 @@ export function startScheduler(
   log: FastifyBaseLogger,
   attempts: { retentionDays: number | null } = { retentionDays: null },
 ): { stop: () => void } {
-  const timers: { sale?: NodeJS.Timeout; refresh?: NodeJS.Timeout; maintain?: NodeJS.Timeout } = {};
+  const timers = new Map<string, NodeJS.Timeout>();
   let stopped = false;
   let refreshFailing = false;
 
-  async function openSale(): Promise<void> {
-    let delayMs = retryDelayMs;
+  // Runs `work` now, then again after the delay it answers, until stopped.
+  function repeat(name: string, work: () => Promise<number>): void {
+    const run = async () => {
+      const delayMs = await work();
+      if (!stopped) timers.set(name, setTimeout(() => void run(), delayMs));
+    };
+    void run();
+  }
+
+  repeat('sale', async () => {
     try {
       const sale = await ensureCurrentSale(sql, rules);
       if (sale.created) log.info({ saleId: sale.saleId }, 'sale opened');
-      delayMs = Math.min(maxSleepMs, Math.max(0, sale.secondsToNext * 1000) + boundarySlackMs);
+      return Math.min(maxSleepMs, Math.max(0, sale.secondsToNext * 1000) + boundarySlackMs);
     } catch (error) {
       log.warn({ err: error }, 'could not ensure the current sale; retrying');
+      return retryDelayMs;
     }
-    if (!stopped) timers.sale = setTimeout(() => void openSale(), delayMs);
-  }
+  });
 
-  async function refresh(): Promise<void> {
+  repeat('refresh', async () => {
     try {
       await refreshSoldCounts(sql);
       refreshFailing = false;
@@ -44,10 +52,10 @@ export function startScheduler(
       if (!refreshFailing) log.warn({ err: error }, 'could not refresh the sold figures; retrying');
       refreshFailing = true;
     }
-    if (!stopped) timers.refresh = setTimeout(() => void refresh(), refreshEveryMs);
-  }
+    return refreshEveryMs;
+  });
 
-  async function maintain(): Promise<void> {
+  repeat('maintain', async () => {
     try {
       const made = await createAttemptPartitions(sql);
       if (made > 0) log.info({ made }, 'checkout_attempts partitions made ahead');
@@ -58,18 +66,13 @@ export function startScheduler(
     } catch (error) {
       log.warn({ err: error }, 'could not maintain the checkout_attempts partitions; trying again in an hour');
     }
-    if (!stopped) timers.maintain = setTimeout(() => void maintain(), maintainEveryMs);
-  }
+    return maintainEveryMs;
+  });
 
-  void openSale();
-  void refresh();
-  void maintain();
   return {
     stop() {
       stopped = true;
-      clearTimeout(timers.sale);
-      clearTimeout(timers.refresh);
-      clearTimeout(timers.maintain);
+      for (const timer of timers.values()) clearTimeout(timer);
     },
   };
 }
