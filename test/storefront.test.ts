@@ -49,6 +49,8 @@ async function loadAllImages(page: Page): Promise<void> {
   await page.waitForFunction(`[...document.images].every((img) => img.complete && img.naturalWidth > 0)`, undefined, { timeout: 15_000 });
 }
 
+type Opened = { database?: TestDatabase; instance?: Instance; browser?: Browser };
+
 // A database and a service instance of the test's own, closed after it with the browser the test opens;
 // null (and the test skipped) where Debian's Chromium is missing.
 async function openService(t: TestContext, env: Record<string, string> = {}) {
@@ -56,7 +58,7 @@ async function openService(t: TestContext, env: Record<string, string> = {}) {
     t.skip(`${chromiumPath} is missing: install Debian's Chromium (apt-get install -y chromium) to run the browser test`);
     return null;
   }
-  const opened: { database?: TestDatabase; instance?: Instance; browser?: Browser } = {};
+  const opened: Opened = {};
   const prefix = uniquePrefix();
   t.after(async () => {
     await opened.browser?.close();
@@ -69,6 +71,21 @@ async function openService(t: TestContext, env: Record<string, string> = {}) {
   return { opened, database, instance };
 }
 
+// The storefront in Chromium at 1280x900, with every error the page reports collected.
+async function openStorefront(opened: Opened, url: string) {
+  const browser = (opened.browser = await chromium.launch({ executablePath: chromiumPath, args: launchArgs }));
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(15_000);
+  const pageErrors: string[] = [];
+  page.on('pageerror', (error) => pageErrors.push(error.message));
+  page.on('console', (message) => {
+    if (message.type() === 'error') pageErrors.push(message.text());
+  });
+  await page.goto(`${url}/`);
+  return { browser, page, pageErrors };
+}
+
 test('the storefront buys through the page up to the limit, updates live, and fits a phone', { timeout: 240_000 }, async (t) => {
   // The limit is stored with the sale when it is created, which this instance does at start-up.
   const fixture = await openService(t, { PER_USER_LIMIT: '2' });
@@ -79,17 +96,7 @@ test('the storefront buys through the page up to the limit, updates live, and fi
   assert.equal(sale!.perUserLimit, 2);
   const saleId = sale!.id;
 
-  const browser = (opened.browser = await chromium.launch({ executablePath: chromiumPath, args: launchArgs }));
-  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-  const page = await context.newPage();
-  page.setDefaultTimeout(15_000);
-  const pageErrors: string[] = [];
-  page.on('pageerror', (error) => pageErrors.push(error.message));
-  page.on('console', (message) => {
-    if (message.type() === 'error') pageErrors.push(message.text());
-  });
-
-  await page.goto(`${instance.url}/`);
+  const { browser, page, pageErrors } = await openStorefront(opened, instance.url);
 
   // The open sale, chosen by default, with its sold count and a countdown to the next one.
   const saleCard = page.locator(`#sales button.sale-card[data-sale="${saleId}"]`);
@@ -238,16 +245,7 @@ test('the storefront pages back to the oldest open sale, keeps older pages acros
   let expected = await openSales(database);
   assert.equal(expected.length, 46);
 
-  const browser = (opened.browser = await chromium.launch({ executablePath: chromiumPath, args: launchArgs }));
-  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-  const page = await context.newPage();
-  page.setDefaultTimeout(15_000);
-  const pageErrors: string[] = [];
-  page.on('pageerror', (error) => pageErrors.push(error.message));
-  page.on('console', (message) => {
-    if (message.type() === 'error') pageErrors.push(message.text());
-  });
-  await page.goto(`${instance.url}/`);
+  const { browser, page, pageErrors } = await openStorefront(opened, instance.url);
 
   // The first page: the 20 newest open sales, the current one chosen.
   await page.waitForFunction(`document.querySelectorAll('#sales li').length === 20`);
