@@ -100,12 +100,13 @@ export const limitsNeverReached = {
 };
 
 // A real service process, `node --trace-gc src/server.ts` (a line per garbage collection in its log, read
-// by bench/memory.ts), ready once /health says PostgreSQL and Redis are both up.
-export async function startService(env: Record<string, string>, logFile: string): Promise<Server> {
+// by bench/memory.ts), ready once /health says PostgreSQL and Redis are both up (or, with `readyPath`
+// /readyz, once PostgreSQL is: for a run without Redis).
+export async function startService(env: Record<string, string>, logFile: string, readyPath = '/health'): Promise<Server> {
   const port = await freePort();
   const target = spawnLogged(process.execPath, ['--trace-gc', benchPath('../src/server.ts')], { env: { ...env, PORT: String(port) }, logFile });
   const url = `http://127.0.0.1:${port}`;
-  await waitReady(target, `${url}/health`, logFile, 30_000);
+  await waitReady(target, `${url}${readyPath}`, logFile, 30_000);
   return { ...target, url, port, logFile };
 }
 

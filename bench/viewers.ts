@@ -5,25 +5,13 @@
 // second (the schedulers' half-second refresh included), and the latency the viewers saw.
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { benchPath, freePort, spawnLogged, stopChild, type Server } from './procs.ts';
+import { freePort, startService, stopChild, type Server } from './procs.ts';
 import { createDatabase, dropRedisPrefix } from './setup.ts';
 
 const viewers = Number(process.env.VIEWERS ?? 1000);
 const seconds = Number(process.env.SECONDS ?? 20);
 const adminUrl = process.env.BENCH_ADMIN_URL || 'postgres://postgres@127.0.0.1:5432/postgres';
 const redisUrl = process.env.REDIS_URL || 'redis://127.0.0.1:6379';
-
-// A service process, ready once it answers GET /sales (GET /health is 503 while Redis is unreachable).
-async function startService(env: Record<string, string>): Promise<Server> {
-  const port = await freePort();
-  const target = spawnLogged(process.execPath, [benchPath('../src/server.ts')], { env: { ...env, PORT: String(port) }, logFile: '/dev/null' });
-  const url = `http://127.0.0.1:${port}`;
-  for (let tries = 0; !(await fetch(`${url}/sales`).then((response) => response.ok, () => false)); tries += 1) {
-    if (tries > 300) throw new Error(`${url} not ready`);
-    await sleep(100);
-  }
-  return { ...target, url, port, logFile: '/dev/null' };
-}
 
 async function listingReads(server: Server): Promise<number> {
   const text = await (await fetch(`${server.url}/metrics`)).text();
@@ -76,7 +64,8 @@ try {
   };
   for (const redis of [redisUrl, `redis://127.0.0.1:${await freePort()}`]) {
     const env = { DATABASE_URL: database.url, REDIS_URL: redis, REDIS_KEY_PREFIX: prefix, RATE_LIMIT: 'off', LOG_LEVEL: 'warn', HOST: '127.0.0.1' };
-    servers.push(await startService(env), await startService(env));
+    // /readyz: the second pair runs without Redis, which /health would wait for.
+    servers.push(await startService(env, '/dev/null', '/readyz'), await startService(env, '/dev/null', '/readyz'));
     await sleep(2000); // the services' own start-up queries settle
     const result = await watch(servers.slice(-2), transactions);
     console.log(`${viewers} viewers polling every 2 s over 2 instances for ${seconds} s, Redis ${redis === redisUrl ? 'up' : 'unreachable'}:`);
