@@ -79,9 +79,13 @@ test('coalesce: a call that cannot start within its budget, or finds the queue f
   const first = run(1);
   await new Promise((resolve) => setImmediate(resolve));
   const started = performance.now();
-  const waiting = [run(2), run(3), run(4)].map((call) => call.then(() => 'answered', (error: { code?: string }) => error.code));
-  const full = await run(5).then(() => 'answered', (error: { code?: string }) => error.code);
+  const settled: string[] = [];
+  const waiting = [run(2), run(3), run(4)].map((call) =>
+    call.then(() => 'answered', (error: { code?: string }) => error.code).finally(() => settled.push('waiting')),
+  );
+  const full = await run(5).then(() => 'answered', (error: { code?: string }) => error.code).finally(() => settled.push('full'));
   assert.equal(full, 'overloaded', 'a fourth waiting call finds the queue full');
+  assert.deepEqual(settled, ['full'], 'refused at once, before any waiting call ran out of budget');
   assert.deepEqual(await Promise.all(waiting), ['overloaded', 'overloaded', 'overloaded']);
   const waitedMs = performance.now() - started;
   assert.ok(waitedMs >= 90, `refused when the budget ran out, not before (${waitedMs} ms)`);
