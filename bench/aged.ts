@@ -1,4 +1,4 @@
-// npm run bench:aged: checkout, purchase and GET /sales on a database that has lived a month, beside a fresh
+// npm run bench -- aged: checkout, purchase and GET /sales on a database that has lived a month, beside a fresh
 // one in the same run, and the disk that month takes. A step of its own, not in CI. Two databases of its own,
 // each migrated by the service started on it; the aged one gets by SQL a month of hourly sales (most barely
 // sold, one in ten sold out, each purchase with its buyer's row and its issued code) and attempts keyed as the
@@ -272,7 +272,7 @@ async function main(): Promise<void> {
 }
 
 const code = await main().then(() => 0, (error: Error) => {
-  console.error(`bench:aged: ${error.stack ?? error}`);
+  console.error(`bench aged: ${error.stack ?? error}`);
   report.push('', `**Stopped early**: ${error.message}`);
   return 1;
 });

@@ -1,5 +1,8 @@
-// npm run bench: the service measured against its ceilings, side by side in one run.
-// Creates its own database and Redis key prefix, starts the service (1 process, then 2 on separate
+// npm run bench [-- main aged viewers overload]: the steps named, or all four in that order. main (this
+// file): the service measured against its ceilings, side by side in one run; aged (bench/aged.ts): a
+// database that has lived a month beside a fresh one; viewers (bench/viewers.ts): what storefront viewers
+// cost PostgreSQL; overload (bench/overload.ts): three times what two instances can serve.
+// main creates its own database and Redis key prefix, starts the service (1 process, then 2 on separate
 // ports sharing the database), runs the load generator's scenarios against it, measures the
 // PostgreSQL ceiling (pgbench with one statement per request, bench/per-request.sql) and the HTTP ceiling (bare node:http)
 // at the same concurrency, then writes bench/results/bench.json and BENCHMARKS.md. Everything it
@@ -10,6 +13,7 @@
 // the stampede, over as many connections, split among the instances), BENCH_DURATION (10 s per measured step), BENCH_ADMIN_URL
 // (postgres://postgres@127.0.0.1:5432/postgres), REDIS_URL (redis://127.0.0.1:6379), PGBENCH (pgbench),
 // BENCH_RATE_LIMIT (off: the service's rate limits are off; on: they run, with limits never reached).
+import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -144,5 +148,14 @@ async function main(): Promise<number> {
   return results.measurements.loadFailures?.length ? 1 : 0;
 }
 
+const steps = process.argv.slice(2);
+const allSteps = ['main', 'aged', 'viewers', 'overload'];
+const unknown = steps.filter((step) => !allSteps.includes(step));
+if (unknown.length > 0) throw new Error(`unknown step ${unknown.join(', ')}: the steps are ${allSteps.join(', ')}`);
 onSignals();
-process.exitCode = await main();
+for (const step of steps.length > 0 ? steps : allSteps) {
+  console.log(`\n== npm run bench: ${step}`);
+  const code = step === 'main' ? await main() : (spawnSync(process.execPath, [fileURLToPath(new URL(`${step}.ts`, import.meta.url))], { stdio: 'inherit' }).status ?? 1);
+  if (interrupted) break;
+  process.exitCode ||= code;
+}

@@ -52,7 +52,7 @@ async function writeResults(options: Options, report: Report): Promise<string[]>
 }
 
 async function main(options: Options): Promise<boolean> {
-  const recorder = new Recorder();
+  const recorder = new Recorder(options.scenario === 'overload');
   const http = new Http(options.urls, options.connections, recorder);
   const sql = connect(options.databaseUrl, { max: 2 });
   const run = new Run({ options, http, recorder, sql, runId: `lt${randomBytes(4).toString('hex')}` });

@@ -1,7 +1,7 @@
 // Command line: node bench/load.ts <scenario> [options]. Defaults depend on the scenario.
 import { parseArgs } from 'node:util';
 
-export const scenarioNames = ['flow', 'stampede', 'checkout-only', 'purchase-only'] as const;
+export const scenarioNames = ['flow', 'stampede', 'checkout-only', 'purchase-only', 'overload'] as const;
 export type ScenarioName = (typeof scenarioNames)[number];
 
 export type Options = {
@@ -16,7 +16,8 @@ export type Options = {
   codes: number;
   thinkMs: [number, number];
   abandon: number;
-  // checkout-only and purchase-only: requests per second sent on a fixed schedule (open loop); null: as fast as answered
+  // checkout-only and purchase-only: requests per second sent on a fixed schedule (open loop); null: as fast
+  // as answered. overload: the flood's rate; null: three times the closed-loop peak it measures first
   rate: number | null;
   warmUpMs: number;
   out: string;
@@ -30,8 +31,9 @@ export const usage = `usage: node bench/load.ts <${scenarioNames.join('|')}> [op
   --database-url URL     the service's database, read for setup and invariants
                          (default $DATABASE_URL, else postgres://postgres@127.0.0.1:5432/flash_sale)
   --duration S           seconds of load (stampede: the most it may take to sell out)
-                         (default flow 30, stampede 300, checkout-only 10, purchase-only 10)
-  --users N              simulated users (default flow 1000, stampede 20000, checkout-only 10000)
+                         (default flow 30, stampede 300, checkout-only 10, purchase-only 10;
+                         overload 10: the closed-loop peak, then the flood, each this long)
+  --users N              simulated users (default flow 1000, stampede 20000, checkout-only and overload 10000)
   --connections N        keep-alive connections per instance (default 32)
   --concurrency N        users or request loops active at once
                          (default flow 100; others: connections x instances)
@@ -43,6 +45,7 @@ export const usage = `usage: node bench/load.ts <${scenarioNames.join('|')}> [op
   --rate N               checkout-only, purchase-only: send N requests per second on a fixed schedule
                          (open loop: latency counts from when each request was due, so queueing shows)
                          instead of as fast as the answers come back
+                         overload: the flood's rate (default three times the closed-loop peak)
   --warm-up MS           unrecorded GET /health over every connection before the clock starts, so that
                          the load generator's own JIT and connections are warm (default 1000; 0: none)
   --out DIR              where <scenario>.json and <scenario>.html go (default bench/results)`;
@@ -52,6 +55,7 @@ const defaults: Record<ScenarioName, { durationS: number; users: number; items: 
   stampede: { durationS: 300, users: 20_000, items: 10_000 },
   'checkout-only': { durationS: 10, users: 10_000, items: 0 },
   'purchase-only': { durationS: 10, users: 0, items: 50_000 },
+  overload: { durationS: 10, users: 10_000, items: 0 },
 };
 
 function wholeNumber(name: string, raw: string | undefined, fallback: number, min = 1, max = 10_000_000): number {
@@ -117,11 +121,11 @@ export function parseOptions(argv: string[]): Options | 'help' {
   }
   const base = defaults[scenario];
   const urls = targetUrls(values.url);
-  const connections = wholeNumber('connections', values.connections, 32, 1, 1000);
+  const connections = wholeNumber('connections', values.connections, 32, 1, 10_000);
   const items = wholeNumber('items', values.items, base.items, 1, 1_000_000);
   const rate = values.rate === undefined ? null : wholeNumber('rate', values.rate, 0, 1, 1_000_000);
-  if (rate !== null && scenario !== 'checkout-only' && scenario !== 'purchase-only') {
-    throw new UsageError('--rate applies to checkout-only and purchase-only');
+  if (rate !== null && scenario !== 'checkout-only' && scenario !== 'purchase-only' && scenario !== 'overload') {
+    throw new UsageError('--rate applies to checkout-only, purchase-only and overload');
   }
   return {
     scenario,

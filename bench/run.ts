@@ -34,12 +34,12 @@ export class Run {
 
   // Setup is over: warm the client, let the setup's writes settle (steady-state scenarios), remember the
   // database's counts, then start the clock and the measurements.
-  async start(status: () => string = () => '', options: { settle?: boolean } = {}): Promise<void> {
+  async start(status: () => string = () => '', options: { settle?: boolean; durationS?: number } = {}): Promise<void> {
     if (this.options.warmUpMs > 0) await this.http.warmUp(this.options.warmUpMs);
     if (options.settle) await settle(this.sql);
     this.before = await snapshot(this.sql);
     this.recorder.begin();
-    this.deadline = performance.now() + this.options.durationS * 1000;
+    this.deadline = performance.now() + (options.durationS ?? this.options.durationS) * 1000;
     this.progress = startProgress(this.recorder, this.options.scenario, status);
   }
 
@@ -64,11 +64,12 @@ export class Run {
   }
 }
 
-// `concurrency` loops take task indexes 0, 1, 2, ... until `total` is reached or the run stops.
-export async function runLoops(run: Run, concurrency: number, total: number, task: (index: number) => Promise<void>): Promise<void> {
+// `concurrency` loops take task indexes 0, 1, 2, ... until `total` is reached, `stopAt` (a
+// performance.now() time) passes, or the run stops.
+export async function runLoops(run: Run, concurrency: number, total: number, task: (index: number) => Promise<void>, stopAt = Infinity): Promise<void> {
   let next = 0;
   const loop = async () => {
-    while (next < total && !run.shouldStop()) {
+    while (next < total && !run.shouldStop() && performance.now() < stopAt) {
       const index = next;
       next += 1;
       await task(index);
@@ -78,12 +79,12 @@ export async function runLoops(run: Run, concurrency: number, total: number, tas
 }
 
 // Open loop: task `index` is due at start + index / rate, and starts then whether or not earlier tasks
-// have finished (the client's connection pool queues them), until `total` tasks or the run stops.
-export async function runPaced(run: Run, rate: number, total: number, task: (index: number, dueAt: number) => Promise<void>): Promise<void> {
+// have finished (the client's connection pool queues them), until `total` tasks, `stopAt`, or the run stops.
+export async function runPaced(run: Run, rate: number, total: number, task: (index: number, dueAt: number) => Promise<void>, stopAt = Infinity): Promise<void> {
   const start = performance.now();
   const pending = new Set<Promise<void>>();
   let next = 0;
-  while (next < total && !run.shouldStop()) {
+  while (next < total && !run.shouldStop() && performance.now() < stopAt) {
     const due = Math.min(total, Math.floor(((performance.now() - start) * rate) / 1000) + 1);
     for (; next < due; next += 1) {
       const promise: Promise<void> = task(next, start + (next * 1000) / rate).finally(() => pending.delete(promise));

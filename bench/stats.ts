@@ -17,8 +17,10 @@ const expected: Record<Endpoint, readonly string[]> = {
 
 export type Kind = 'ok' | 'refused' | 'network' | 'server' | 'unexpected';
 
-export function classify(endpoint: Endpoint, status: number, outcome: string): Kind {
+// `shedding`: the run overloads the service on purpose, so 503 overloaded is its right answer.
+export function classify(endpoint: Endpoint, status: number, outcome: string, shedding = false): Kind {
   if (status === 0) return 'network';
+  if (shedding && outcome === '503 overloaded') return 'refused';
   if (status >= 500) return 'server';
   if (!expected[endpoint].includes(outcome)) return 'unexpected';
   return status < 300 ? 'ok' : 'refused';
@@ -49,6 +51,12 @@ export class Recorder {
   readonly errorSamples = new Map<string, string>();
   readonly timeline: Bucket[] = [];
 
+  private readonly shedding: boolean;
+
+  constructor(shedding = false) {
+    this.shedding = shedding;
+  }
+
   begin(): void {
     this.recording = true;
     this.startedAt = performance.now();
@@ -72,7 +80,7 @@ export class Recorder {
   }
 
   record(endpoint: Endpoint, status: number, outcome: string, startMs: number, detail?: string): Kind {
-    const kind = classify(endpoint, status, outcome);
+    const kind = classify(endpoint, status, outcome, this.shedding);
     if (!this.recording) return kind;
     const now = performance.now();
     this.endedAt = Math.max(this.endedAt, now);

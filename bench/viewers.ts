@@ -1,4 +1,4 @@
-// npm run bench:viewers: what many people watching the storefront cost PostgreSQL. VIEWERS (1000) each
+// npm run bench -- viewers: what many people watching the storefront cost PostgreSQL. VIEWERS (1000) each
 // poll GET /sales every 2 s, as the storefront does, spread over two service processes on a database of
 // the run's own, for SECONDS (20) with Redis and again with Redis unreachable (each instance then keeps
 // its own snapshot). Reports the listing's reads from PostgreSQL and the database's transactions per

@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import fastifyStatic from '@fastify/static';
 import fastifySwagger from '@fastify/swagger';
 import fastifySwaggerUi from '@fastify/swagger-ui';
-import Fastify, { LogController, type FastifyError, type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, { LogController, type FastifyError, type FastifyReply, type FastifyRequest, type FastifySchemaValidationError } from 'fastify';
 import type { Config } from './config.ts';
 import { AppError, errorStatus, messages, type ErrorCode } from './errors.ts';
 import { isDatabaseUnavailable } from './db.ts';
@@ -35,6 +35,15 @@ function toReply(error: FastifyError | AppError | Error): Reply {
     return { status: errorStatus[code], error: code, message: error.message };
   }
   return { status: 500, error: 'internal', message: 'Something went wrong on our side' };
+}
+
+// A validation failure in words, from the schema's own description of what the field takes.
+function describeInvalid(errors: FastifySchemaValidationError[], where: string): Error {
+  const [first] = errors as (FastifySchemaValidationError & { parentSchema?: { description?: string } })[];
+  const name = first!.instancePath.slice(1) || where;
+  if (first!.keyword === 'required') return new Error(`${String(first!.params.missingProperty)} is required`);
+  const description = first!.parentSchema?.description;
+  return new Error(description ? `${name} must be ${description[0]!.toLowerCase()}${description.slice(1)}` : `${name} is not valid`);
 }
 
 // item_unknown and item_sold were recorded by the checkout statement itself.
@@ -86,6 +95,9 @@ export function buildApp(config: Config, deps: Pick<Deps, 'sql' | 'readSql' | 'p
     requestIdHeader: 'x-request-id',
     genReqId: () => randomUUID(),
     bodyLimit: 1024,
+    // Validation errors carry the failing field's schema, whose description makes the message.
+    ajv: { customOptions: { verbose: true } },
+    schemaErrorFormatter: describeInvalid,
     // Long path parameters must reach the schema (a 400), not miss the route (a 404): as long as a URL may be.
     routerOptions: { maxParamLength: 16_384 },
     // The router's own refusals (a malformed URL such as /items/%FF) answer in our error format.
@@ -121,8 +133,7 @@ export function buildApp(config: Config, deps: Pick<Deps, 'sql' | 'readSql' | 'p
     sql: deps.sql,
     metrics,
     codeTtlSeconds: config.codeTtlSeconds,
-    batchesInFlight: config.batchesInFlight,
-    queue: { maxQueued: config.queueMax, queueTimeoutMs: config.queueTimeoutMs },
+    batch: { maxBatch: config.batchMax, maxInFlight: config.batchesInFlight, maxQueued: config.queueMax, queueTimeoutMs: config.queueTimeoutMs },
     statementTimeoutMs: config.statementTimeoutMs,
   });
   app.addHook('onResponse', (request, reply, done) => {

@@ -16,10 +16,13 @@ export type Config = Readonly<{
   logLevel: string;
   logRequests: boolean;
   databasePoolMax: number;
+  batchMax: number;
   batchesInFlight: number;
   queueMax: number;
   queueTimeoutMs: number;
   statementTimeoutMs: number;
+  migrate: boolean;
+  migrationLockTimeoutMs: number;
   redisTimeoutMs: number;
   healthTimeoutMs: number;
   shutdownGraceMs: number;
@@ -91,8 +94,11 @@ export function loadConfig(env: Env = process.env): Config {
     logLevel,
     logRequests: flag(env, 'LOG_REQUESTS', false),
     databasePoolMax: integer(env, 'DATABASE_POOL_MAX', 16, 1, 1000),
+    // Requests coalesced into one checkout or purchase statement at most (a smaller figure shrinks what an
+    // instance can serve: the overload benchmark uses 1).
+    batchMax: integer(env, 'BATCH_MAX', 64, 1, 1000),
     // Checkout and purchase statements each may have this many in flight, a further one only while a full
-    // batch (64) waits; requests arriving meanwhile are coalesced into the next statement.
+    // batch waits; requests arriving meanwhile are coalesced into the next statement.
     batchesInFlight: integer(env, 'BATCHES_IN_FLIGHT', 4, 1, 1000),
     // A request waits at most this long for its statement to start, and finds at most this many ahead of
     // it; past either it is answered 503 overloaded at once and never sent.
@@ -100,6 +106,11 @@ export function loadConfig(env: Env = process.env): Config {
     queueMax: integer(env, 'QUEUE_MAX', 5000, 1, 1_000_000),
     // Each statement (and lock wait), enforced by PostgreSQL and, for a server that cannot, by the service.
     statementTimeoutMs: integer(env, 'STATEMENT_TIMEOUT_MS', 2000, 10, 600_000),
+    // off: `npm run migrate` is a deploy step of its own, and an instance starts only on the schema it knows.
+    migrate: flag(env, 'MIGRATE', true),
+    // A migration waits this long for a table lock, then tries again later: checkouts queued behind its
+    // request wait no longer than this, under their own statement timeout.
+    migrationLockTimeoutMs: integer(env, 'MIGRATION_LOCK_TIMEOUT_MS', 1000, 10, 600_000),
     redisTimeoutMs: integer(env, 'REDIS_TIMEOUT_MS', 100, 1, 60_000),
     healthTimeoutMs: integer(env, 'HEALTH_TIMEOUT_MS', 1000, 1, 60_000),
     shutdownGraceMs: integer(env, 'SHUTDOWN_GRACE_MS', 10_000, 0, 600_000),

@@ -1,5 +1,7 @@
 // The one place that creates postgres.js instances, creates the database and applies migrations.
 import { readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import postgres from 'postgres';
 
@@ -96,22 +98,43 @@ export async function ensureDatabase(databaseUrl: string): Promise<void> {
 }
 
 // migrations/NNNN_*.sql, in the order they apply.
-function migrationFiles(): string[] {
-  return readdirSync(migrationsDir).filter((name) => /^\d{4}_[\w-]+\.sql$/.test(name)).sort();
+export function migrationFiles(dir = migrationsDir): string[] {
+  return readdirSync(dir).filter((name) => /^\d{4}_[\w-]+\.sql$/.test(name)).sort();
 }
 
-// The newest migration this code knows: a database whose schema is at another one is not ready for it.
+// The newest migration this code knows: a database without it is not ready for this code.
 export function latestMigration(): string {
   return migrationFiles().at(-1)!;
 }
 
+// How the database's schema stands against this code: migrations it lacks, and ones this code does not know
+// (a newer version applied them).
+export async function schemaDifference(sql: Sql): Promise<{ missing: string[]; unknown: string[] }> {
+  const [table] = await sql<{ exists: boolean }[]>`select to_regclass('schema_migrations') is not null as exists`;
+  const applied = table!.exists ? (await sql<{ version: string }[]>`select version from schema_migrations`).map((row) => row.version) : [];
+  const known = migrationFiles();
+  return { missing: known.filter((file) => !applied.includes(file)), unknown: applied.filter((file) => !known.includes(file)).sort() };
+}
+
+export type MigrateOptions = {
+  // Stop at this file (a test of a later migration needs data written under the schema before it).
+  through?: string;
+  // How long a migration waits for a table lock before it gives up and tries again later.
+  lockTimeoutMs?: number;
+  attempts?: number;
+  onRetry?: (file: string, attempt: number, error: unknown) => void;
+  dir?: string;
+};
+
 // Applies migrations/NNNN_*.sql in order, each once and each in a transaction of its own, under an
 // advisory lock so that instances starting together neither race nor see a half-migrated schema. A file
 // commits before the next one starts: a migration that must not hold its locks long is split into files
-// (work under weak locks first, a brief exclusive step last). `through` stops at that file (a test of a
-// later migration needs data written under the schema before it).
-export async function migrate(sql: Sql, options: { through?: string } = {}): Promise<string[]> {
-  const files = migrationFiles().filter((name) => options.through === undefined || name <= options.through);
+// (work under weak locks first, a brief exclusive step last). A file waits at most `lockTimeoutMs` for a
+// lock, so that checkouts queued behind its request (behind a long reader, say) wait no longer than that;
+// it is then rolled back and tried again after a growing pause. Its statements have no time limit.
+export async function migrate(sql: Sql, options: MigrateOptions = {}): Promise<string[]> {
+  const { lockTimeoutMs = 1000, attempts = 8, onRetry = () => {}, dir = migrationsDir } = options;
+  const files = migrationFiles(dir).filter((name) => options.through === undefined || name <= options.through);
   const connection = await sql.reserve();
   try {
     await connection`select pg_advisory_lock(${migrationLockKey})`;
@@ -123,14 +146,20 @@ export async function migrate(sql: Sql, options: { through?: string } = {}): Pro
     const done = new Set((await connection`select version from schema_migrations`).map((row) => row.version as string));
     const applied: string[] = [];
     for (const file of files.filter((name) => !done.has(name))) {
-      await connection`begin`;
-      try {
-        await connection.file(migrationsDir + file);
-        await connection`insert into schema_migrations (version) values (${file})`;
-        await connection`commit`;
-      } catch (error) {
-        await connection`rollback`.catch(() => {});
-        throw error;
+      for (let attempt = 1; ; attempt += 1) {
+        await connection`begin`;
+        try {
+          await connection`select set_config('lock_timeout', ${`${lockTimeoutMs}ms`}, true), set_config('statement_timeout', '0', true)`;
+          await connection.file(join(dir, file));
+          await connection`insert into schema_migrations (version) values (${file})`;
+          await connection`commit`;
+          break;
+        } catch (error) {
+          await connection`rollback`.catch(() => {});
+          if (codeOf(error) !== '55P03' || attempt >= attempts) throw error;
+          onRetry(file, attempt, error);
+          await sleep(Math.min(8000, 250 * 2 ** attempt) * (0.5 + Math.random() / 2));
+        }
       }
       applied.push(file);
     }

@@ -95,16 +95,17 @@ export function registerRoutes(app: FastifyInstance, deps: Deps): void {
   // Liveness: the process runs and its event loop turns. Touches no dependency.
   app.get('/livez', { schema: schemas.livezSchema, config: unlimited }, async () => ({ status: 'ok' }));
 
-  // Readiness: PostgreSQL answers and its schema is the one this code was written for. Redis is not asked:
-  // without it the service still sells correctly.
+  // Readiness: PostgreSQL answers and has every migration this code needs. A newer schema is fine: each
+  // migration keeps the release before it working, so running instances go on serving through a deploy.
+  // Redis is not asked: without it the service still sells correctly.
   const expectedSchema = latestMigration();
   app.get('/readyz', { schema: schemas.readyzSchema, config: unlimited }, async (_request, reply) => {
-    let schema: string | null = null;
+    let schema = null as string | null;
     const database = await withTimeout(
       store.schemaVersion(deps.probeSql).then((version) => (schema = version)),
       deps.healthTimeoutMs,
     );
-    const ready = database === 'ok' && schema === expectedSchema;
+    const ready = database === 'ok' && schema !== null && schema >= expectedSchema;
     return reply.code(ready ? 200 : 503).send({ status: ready ? 'ok' : 'error', database, schema, expected_schema: expectedSchema });
   });
 

@@ -4,7 +4,7 @@
 const userId = {
   type: 'string',
   pattern: '^(?!\\.+$)[A-Za-z0-9_.:@-]{1,64}$',
-  description: 'Letters, digits and _ . : @ -, up to 64, not only dots',
+  description: '1 to 64 letters, digits or _ . : @ -, not only dots',
 } as const;
 // Ids are strings of digits in the query, converted by the handler: no "1e3", " 7" or "0x10" slips through.
 const id = { type: 'string', pattern: '^[1-9][0-9]{0,14}$', description: 'A positive whole number' } as const;
@@ -87,7 +87,7 @@ export const purchaseSchema = {
   querystring: {
     type: 'object',
     required: ['code'],
-    properties: { code: { type: 'string', pattern: '^[A-Za-z0-9_-]{22}$', description: 'The code from checkout' } },
+    properties: { code: { type: 'string', pattern: '^[A-Za-z0-9_-]{22}$', description: 'The 22-character code from checkout' } },
   },
   response: { 200: receipt, ...errors },
 } as const;
@@ -135,9 +135,9 @@ export const salesSchema = {
   querystring: {
     type: 'object',
     properties: {
-      limit: digits('^(100|[1-9][0-9]?)$', 20, 'Open sales per page, 1 to 100'),
-      after: { ...id, description: 'next_after of the previous page' },
-      latest: digits('^(100|[1-9][0-9]?)$', 5, 'Recent sales, open or not, listed on the first page too, 1 to 100'),
+      limit: digits('^(100|[1-9][0-9]?)$', 20, 'A whole number from 1 to 100: the open sales per page'),
+      after: { ...id, description: 'The next_after of the previous page, a positive whole number' },
+      latest: digits('^(100|[1-9][0-9]?)$', 5, 'A whole number from 1 to 100: the recent sales, open or not, listed on the first page too'),
     },
   },
   response: {
@@ -168,9 +168,9 @@ export const saleItemsSchema = {
   querystring: {
     type: 'object',
     properties: {
-      available: { type: 'boolean', default: false, description: 'Only items not yet sold' },
-      limit: digits('^(500|[1-4][0-9]{2}|[1-9][0-9]?)$', 100, 'Items per page, 1 to 500'),
-      after: digits('^(0|[1-9][0-9]{0,14})$', 0, 'The last item id of the previous page'),
+      available: { type: 'boolean', default: false, description: 'True or false: only items not yet sold' },
+      limit: digits('^(500|[1-4][0-9]{2}|[1-9][0-9]?)$', 100, 'A whole number from 1 to 500: the items per page'),
+      after: digits('^(0|[1-9][0-9]{0,14})$', 0, 'The last item id of the previous page, a whole number'),
     },
   },
   response: {

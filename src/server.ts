@@ -2,9 +2,11 @@
 import { buildApp } from './app.ts';
 import { createRedis } from './redis.ts';
 import { ConfigError, loadConfig, type Config } from './config.ts';
-import { connect, ensureDatabase, migrate } from './db.ts';
+import { connect, ensureDatabase, migrate, schemaDifference } from './db.ts';
 import { startScheduler } from './scheduler.ts';
 import { ensureCurrentSale } from './store.ts';
+
+class SchemaError extends Error {}
 
 // PostgreSQL may still be starting (compose, a reboot): try for a bounded while, then give up loudly.
 async function withRetries<T>(work: () => Promise<T>, attempts: number, onRetry: (error: unknown) => void): Promise<T> {
@@ -12,7 +14,7 @@ async function withRetries<T>(work: () => Promise<T>, attempts: number, onRetry:
     try {
       return await work();
     } catch (error) {
-      if (attempt >= attempts) throw error;
+      if (attempt >= attempts || error instanceof SchemaError) throw error;
       onRetry(error);
       await new Promise((resolve) => setTimeout(resolve, 1000));
     }
@@ -34,9 +36,19 @@ async function main(config: Config): Promise<void> {
 
   await withRetries(
     async () => {
-      await ensureDatabase(config.databaseUrl);
-      const applied = await migrate(sql);
-      if (applied.length > 0) app.log.info({ applied }, 'migrations applied');
+      if (config.migrate) {
+        await ensureDatabase(config.databaseUrl);
+        const applied = await migrate(sql, {
+          lockTimeoutMs: config.migrationLockTimeoutMs,
+          onRetry: (file, attempt, error) => app.log.warn({ err: error, file, attempt }, 'migration could not take its locks in time; trying again'),
+        });
+        if (applied.length > 0) app.log.info({ applied }, 'migrations applied');
+      }
+      // Serve only the schema this code was written for: a newer one is a newer release's (a rollback
+      // would need its migrations undone), an older one lacks what this code calls.
+      const { missing, unknown } = await schemaDifference(sql);
+      if (unknown.length > 0) throw new SchemaError(`the database has migrations this version does not know (${unknown.join(', ')}): a newer release migrated it; deploy that release`);
+      if (missing.length > 0) throw new SchemaError(`the database lacks migrations this version needs (${missing.join(', ')}): run npm run migrate with this version first, or start with MIGRATE=on`);
       // The current sale is open before the first request (read endpoints never create it).
       const sale = await ensureCurrentSale(sql, config);
       if (sale.created) app.log.info({ saleId: sale.saleId }, 'sale opened');
@@ -74,6 +86,8 @@ try {
 } catch (error) {
   if (error instanceof ConfigError) {
     console.error(`configuration error: ${error.message}`);
+  } else if (error instanceof SchemaError) {
+    console.error(`refusing to start: ${error.message}`);
   } else {
     console.error('failed to start:', error);
   }

@@ -2,7 +2,7 @@
 // Neither asks Redis anything: a Redis round trip in front of every purchase cost more than the
 // refusals it could answer saved (BENCHMARKS.md).
 import { randomFillSync } from 'node:crypto';
-import { coalesce } from './batch.ts';
+import { coalesce, type Limits } from './batch.ts';
 import { retryOnce, withDeadline, type Sql } from './db.ts';
 import { AppError, messages } from './errors.ts';
 import type { Metrics } from './metrics.ts';
@@ -13,20 +13,24 @@ export type Shop = ReturnType<typeof createShop>;
 export type Receipt = { code: string; itemId: number; saleId: number; userId: string; purchasedAt: string };
 
 // Concurrent checkouts (and purchases) share one statement: requests arriving while one runs wait to go
-// together in the next (at most 64 each, at most `batchesInFlight` statements of a kind at once). Every
-// wait is bounded: the queue (`queue`), and each statement by `statementTimeoutMs` on the server's side
-// and, a little later, on ours (a frozen server enforces nothing).
+// together in the next (`batch`: how many a statement takes, how many statements of a kind at once).
+// Every wait is bounded: the queue (`batch` again), and each statement by `statementTimeoutMs` on the
+// server's side and, a little later, on ours (a frozen server enforces nothing).
 export function createShop(deps: {
   sql: Sql;
   metrics: Metrics;
   codeTtlSeconds: number;
-  batchesInFlight: number;
-  queue: { maxQueued: number; queueTimeoutMs: number };
+  batch: Limits;
   statementTimeoutMs: number;
 }) {
-  const limits = { maxBatch: 64, maxInFlight: deps.batchesInFlight, ...deps.queue };
+  const limits = deps.batch;
   const deadlineMs = deps.statementTimeoutMs + 500;
   const shed = (kind: string) => () => deps.metrics.shed(kind);
+  const decideHeld = coalesce(
+    (codes: string[]) => withDeadline(retryOnce(() => store.purchase(deps.sql, codes)), deadlineMs),
+    { ...limits, maxInFlight: 1 },
+    shed('purchase'),
+  );
   return {
     metrics: deps.metrics,
     // A connection cut (a restarted PostgreSQL, pg_terminate_backend) fails a whole batch: it is tried once
@@ -38,18 +42,22 @@ export function createShop(deps: {
       shed('checkout'),
     ),
     decidePurchase: coalesce(
-      (codes: string[]) => withDeadline(retryOnce(() => store.purchase(deps.sql, codes)), deadlineMs),
+      async (codes: string[]) => {
+        const results = await withDeadline(retryOnce(() => store.purchase(deps.sql, codes, false)), deadlineMs);
+        // A buyer whose row another transaction holds waits alone, so that its lock stalls no one else.
+        return results.map((result, index) => (result.outcome === 'held' ? decideHeld(codes[index]!) : (result as store.PurchaseResult)));
+      },
       limits,
       shed('purchase'),
     ),
-    // A flood of refused checkouts (what rate limits are for) must not cost PostgreSQL a transaction each.
-    // Not retried: the insert is not idempotent.
+    // A flood of refused checkouts (rate limited, or shed for overload) must not cost PostgreSQL a
+    // transaction each: full batches however small BATCH_MAX is. Not retried: the insert is not idempotent.
     recordRefusedCheckout: coalesce(
       async (attempts: store.RefusedCheckout[]) => {
         await withDeadline(store.recordRefusedCheckouts(deps.sql, attempts), deadlineMs);
         return attempts.map(() => undefined);
       },
-      limits,
+      { ...limits, maxBatch: 64 },
       shed('refused_checkout'),
     ),
   };

@@ -47,8 +47,8 @@ export async function recordRefusedCheckouts(sql: Sql, attempts: RefusedCheckout
 
 export type PurchaseOutcome = 'purchased' | 'replayed' | 'code_unknown' | 'code_expired' | 'item_sold' | 'limit_reached';
 
-export type PurchaseResult = {
-  outcome: PurchaseOutcome;
+export type PurchaseResult<Outcome = PurchaseOutcome> = {
+  outcome: Outcome;
   itemId: number | null;
   saleId: number | null;
   userId: string | null;
@@ -56,12 +56,15 @@ export type PurchaseResult = {
   perUserLimit: number | null;
 };
 
-// Any number of purchases, each decided, in one transaction.
-export async function purchase(sql: Sql, codes: string[]): Promise<PurchaseResult[]> {
-  const rows = await sql<(PurchaseResult & { ord: number })[]>`
+// Any number of purchases, each decided, in one transaction; a request whose buyer's row another
+// transaction holds is answered 'held', undecided, unless the statement may wait for it.
+export async function purchase(sql: Sql, codes: string[], wait: false): Promise<PurchaseResult<PurchaseOutcome | 'held'>[]>;
+export async function purchase(sql: Sql, codes: string[], wait?: true): Promise<PurchaseResult[]>;
+export async function purchase(sql: Sql, codes: string[], wait = true): Promise<PurchaseResult<PurchaseOutcome | 'held'>[]> {
+  const rows = await sql<(PurchaseResult<PurchaseOutcome | 'held'> & { ord: number })[]>`
     select ord, outcome, item_id as "itemId", sale_id as "saleId", user_id as "userId",
            purchased_at as "purchasedAt", per_user_limit as "perUserLimit"
-    from purchase(${codes}::text[])`;
+    from purchase(${codes}::text[], ${!wait})`;
   return inOrder(rows);
 }
 

@@ -952,6 +952,27 @@ describe('GET /users/:user_id/purchases', () => {
   });
 });
 
+describe('validation messages', () => {
+  // Written for people: the field and what it takes, from the schema's description, never a pattern.
+  const cases: [string, string, string][] = [
+    ['GET', '/sales?limit=abc', 'limit must be a whole number from 1 to 100: the open sales per page'],
+    ['GET', '/sales/1/items?limit=501', 'limit must be a whole number from 1 to 500: the items per page'],
+    ['GET', '/sales/1/items?available=maybe', 'available must be true or false: only items not yet sold'],
+    ['POST', '/checkout?id=1', 'user_id is required'],
+    ['POST', '/checkout?user_id=..&id=1', 'user_id must be 1 to 64 letters, digits or _ . : @ -, not only dots'],
+    ['POST', '/checkout?user_id=a&id=0x10', 'id must be a positive whole number'],
+    ['POST', '/purchase?code=short', 'code must be the 22-character code from checkout'],
+    ['GET', '/items/abc', 'id must be a positive whole number'],
+  ];
+  for (const [method, url, message] of cases) {
+    test(`${method} ${url}: 400 "${message}"`, async () => {
+      const response = await testApp.app.inject({ method: method as 'GET' | 'POST', url });
+      assert.equal(response.statusCode, 400);
+      assert.deepEqual(response.json(), { error: 'bad_request', message });
+    });
+  }
+});
+
 describe('requests refused before validation (body and content type)', () => {
   // errors.ts: "this table alone maps codes to HTTP statuses": an error body's code must agree with the status.
   const statusOf: Record<string, number> = errorStatus;

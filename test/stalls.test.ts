@@ -1,11 +1,12 @@
 // A stalled PostgreSQL (every process of its cluster stopped with SIGSTOP, as a stuck disk or a paused
 // machine leaves it) under load from many buyers: every request is answered within the queue budget plus
-// one statement, selling resumes promptly once it thaws, and every answer matches the database.
+// one statement, selling resumes promptly once it thaws, and every answer matches the database. And one
+// buyer's row held by another transaction stalls only that buyer's purchases.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { auditSales, violations } from '../src/audit.ts';
 import { connect } from '../src/db.ts';
-import { cleanUp, dropRedisPrefix, startInstance, testEnv, uniquePrefix, type Instance } from './helpers.ts';
+import { cleanUp, createDatabase, dropRedisPrefix, startInstance, testEnv, uniquePrefix, type Instance, type TestDatabase } from './helpers.ts';
 import { startCluster, type Cluster } from './postgres-cluster.ts';
 
 const prefix = uniquePrefix();
@@ -102,5 +103,71 @@ test('PostgreSQL frozen for 4 s under load: every request answered within its bo
     assert.match(metrics, /requests_shed_total\{kind="checkout"\} [1-9]/, 'shed checkouts are counted');
   } finally {
     await sql.end({ timeout: 5 });
+  }
+});
+
+test('a buyer row held by another transaction stalls only that buyer: the rest of its batch is answered at once', { timeout: 60_000 }, async (t) => {
+  const database: TestDatabase = await createDatabase();
+  const heldPrefix = uniquePrefix();
+  const held = await startInstance(testEnv(database, heldPrefix, { QUEUE_TIMEOUT_MS: '500', STATEMENT_TIMEOUT_MS: '1000' }));
+  try {
+    const sql = database.sql;
+    const items = (await sql<{ id: number }[]>`select id from items order by id limit 100`).map((row) => row.id);
+    const post = async (path: string) => {
+      const startedAt = performance.now();
+      const response = await fetch(`${held.url}${path}`, { method: 'POST', signal: AbortSignal.timeout(20_000) });
+      return { status: response.status, body: (await response.json()) as { code?: string; error?: string }, ms: performance.now() - startedAt };
+    };
+    const checkout = async (user: string, item: number) => (await post(`/checkout?user_id=${user}&id=${item}`)).body.code!;
+    // The held buyer has bought once (its row exists) and holds three more codes; 60 others hold one each.
+    assert.equal((await post(`/purchase?code=${await checkout('held-buyer', items[0]!)}`)).status, 200);
+    const heldCodes = await Promise.all(items.slice(1, 4).map((item) => checkout('held-buyer', item)));
+    const otherCodes = await Promise.all(items.slice(4, 64).map((item, index) => checkout(`other-${index}`, item)));
+    const saleId = (await sql<{ saleId: number }[]>`select sale_id as "saleId" from sale_buyers where user_id = 'held-buyer'`)[0]!.saleId;
+
+    let release!: () => void;
+    let locked!: () => void;
+    const isLocked = new Promise<void>((resolve) => (locked = resolve));
+    let releasedAt = Infinity;
+    const holder = sql.begin(async (tx) => {
+      await tx`select * from sale_buyers where sale_id = ${saleId} and user_id = 'held-buyer' for update`;
+      locked();
+      await new Promise<void>((resolve) => (release = resolve));
+      releasedAt = performance.now();
+    });
+    await isLocked;
+
+    // All at once, so that the held buyer's purchases share statements with the others'.
+    const codes = [...otherCodes.slice(0, 30), ...heldCodes, ...otherCodes.slice(30)];
+    const answers = codes.map((code) => post(`/purchase?code=${code}`).then((answer) => ({ ...answer, code, at: performance.now() })));
+    const others = await Promise.all(answers.filter((_, index) => !heldCodes.includes(codes[index]!)));
+    for (const answer of others) {
+      assert.equal(answer.status, 200, JSON.stringify(answer));
+      assert.ok(answer.at < releasedAt, 'answered while the buyer row was still held');
+    }
+    // The held buyer's purchases wait for the lock, within lock_timeout, and are refused as safe to retry.
+    const waited = await Promise.all(answers.filter((_, index) => heldCodes.includes(codes[index]!)));
+    for (const answer of waited) {
+      assert.equal(answer.status, 503, JSON.stringify(answer));
+      assert.equal(answer.body.error, 'database_unavailable');
+      assert.ok(answer.ms < 500 + 1000 + 500 + 1000, `answered in ${Math.round(answer.ms)} ms`);
+    }
+    assert.equal(releasedAt, Infinity, 'still held');
+
+    // Tried again, they wait for the lock and go through as soon as it is released.
+    const retried = heldCodes.map((code) => post(`/purchase?code=${code}`));
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    release();
+    await holder;
+    for (const answer of await Promise.all(retried)) assert.equal(answer.status, 200, JSON.stringify(answer));
+
+    const buyer = await sql<{ bought: number }[]>`select bought from sale_buyers where sale_id = ${saleId} and user_id = 'held-buyer'`;
+    assert.equal(buyer[0]!.bought, 4);
+    const sold = await sql<{ count: number }[]>`select count(*)::int as count from items where buyer_id is not null`;
+    assert.equal(sold[0]!.count, 64);
+    for (const audit of await auditSales(sql)) assert.deepEqual(violations(audit), [], `sale ${audit.saleId}`);
+    t.diagnostic(`others answered in at most ${Math.round(Math.max(...others.map((answer) => answer.ms)))} ms; the held buyer's in ${waited.map((answer) => Math.round(answer.ms)).join(', ')} ms`);
+  } finally {
+    await cleanUp([() => held.stop('SIGKILL'), () => database.drop(), () => dropRedisPrefix(heldPrefix)]);
   }
 });
