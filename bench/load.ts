@@ -10,7 +10,7 @@ import { htmlReport } from './html.ts';
 import { Http } from './http.ts';
 import { checkInvariants } from './invariants.ts';
 import { parseOptions, usage, UsageError, type Options } from './options.ts';
-import { buildReport, textReport, type Report } from './report.ts';
+import { buildReport, textReport, withoutPassword, type Report } from './report.ts';
 import { Run } from './run.ts';
 import { scenarios } from './scenarios.ts';
 import { Recorder } from './stats.ts';
@@ -61,6 +61,9 @@ async function main(options: Options): Promise<boolean> {
   try {
     const problems = await http.preflight();
     if (problems.length > 0) throw new Error(`not every instance is ready:\n  ${problems.join('\n  ')}`);
+    await sql`select 1 from sales limit 1`.catch((error: Error) => {
+      throw new Error(`cannot read the service's database (${withoutPassword(options.databaseUrl)}): ${error.message}. The load generator prepares its sale and checks the invariants in PostgreSQL itself: give it the service's DATABASE_URL with --database-url`);
+    });
     const result = await scenarios[options.scenario](run);
     run.finish();
     if (!run.before) throw new Error('the scenario never started its measured phase');

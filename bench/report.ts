@@ -78,7 +78,7 @@ function endpointReport(recorder: Recorder, endpoint: Endpoint, seconds: number)
   };
 }
 
-function withoutPassword(url: string): string {
+export function withoutPassword(url: string): string {
   try {
     const parsed = new URL(url);
     if (parsed.password) parsed.password = '***';
@@ -94,6 +94,11 @@ export function failuresOf(recorder: Recorder, invariants: Invariants): string[]
   const { server, unexpected, network } = recorder.errorsByKind;
   if (server.size > 0) failures.push(`${count(server)} answers with a 5xx status`);
   if (unexpected.size > 0) failures.push(`${count(unexpected)} unexpected answers`);
+  // All the load comes from one address: the service's per-address limit refuses most of it.
+  const limited = [...unexpected].filter(([key]) => key.endsWith(' 429 rate_limited')).reduce((sum, [, n]) => sum + n, 0);
+  if (limited > recorder.total / 2) {
+    failures.unshift(`${limited} of ${recorder.total} answers were 429 rate_limited: the service's rate limits took this load generator for one client sending too much; start the service with RATE_LIMIT=off, or a higher RATE_LIMIT_ADDRESS_MAX`);
+  }
   if (network.size > 0) failures.push(`${count(network)} requests without an answer (network errors)`);
   for (const check of invariants.checks) if (!check.ok) failures.push(`invariant broken: ${check.name} (${check.detail})`);
   return failures;

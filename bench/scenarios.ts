@@ -27,7 +27,7 @@ function tallyFacts(tally: Tally): ScenarioResult['facts'] {
     ['items bought', tally.bought],
     ['items checked out and abandoned', tally.held],
     ['items lost to another buyer (409)', tally.lost],
-    ['users stopped by the limit (429)', tally.limit],
+    ['users stopped by the per-user limit (429 limit_reached)', tally.limit],
     ['failed attempts (errors)', tally.error],
     ['item pages read', tally.pages],
   ];

@@ -78,7 +78,8 @@ export type Attempt = 'bought' | 'held' | 'lost' | 'limit' | 'error';
 // One item: check it out, then (unless abandoning) buy it. Refusals are normal in a sale; errors are not.
 export async function tryItem(run: Run, userId: string, itemId: number, abandons: boolean, think: boolean, onBought: () => void): Promise<Attempt> {
   const checkout = await run.http.call('checkout', 'POST', `/checkout?user_id=${userId}&id=${itemId}`);
-  if (checkout.kind !== 'ok') return checkout.status === 409 ? 'lost' : 'error';
+  // By the error code, not the status alone: a 429 may be the per-user limit or the rate limit.
+  if (checkout.kind !== 'ok') return checkout.outcome === '409 item_sold' ? 'lost' : 'error';
   if (abandons) return 'held';
   if (think) await run.think();
   const purchase = await run.http.call('purchase', 'POST', `/purchase?code=${String(checkout.body!.code)}`);
@@ -86,8 +87,8 @@ export async function tryItem(run: Run, userId: string, itemId: number, abandons
     onBought();
     return 'bought';
   }
-  if (purchase.status === 409) return 'lost';
-  if (purchase.status === 429) return 'limit';
+  if (purchase.outcome === '409 item_sold') return 'lost';
+  if (purchase.outcome === '429 limit_reached') return 'limit';
   return 'error';
 }
 

@@ -49,6 +49,8 @@ function codeOf(error: unknown): string {
 
 const isConnectionLost = (error: unknown) => connectionLostCodes.has(codeOf(error)) || codeOf(error).startsWith('08');
 
+export const isLockTimeout = (error: unknown) => codeOf(error) === '55P03';
+
 export function isDatabaseUnavailable(error: unknown): boolean {
   return isConnectionLost(error) || tooSlowCodes.has(codeOf(error));
 }
@@ -156,7 +158,7 @@ export async function migrate(sql: Sql, options: MigrateOptions = {}): Promise<s
           break;
         } catch (error) {
           await connection`rollback`.catch(() => {});
-          if (codeOf(error) !== '55P03' || attempt >= attempts) throw error;
+          if (!isLockTimeout(error) || attempt >= attempts) throw error;
           onRetry(file, attempt, error);
           await sleep(Math.min(8000, 250 * 2 ** attempt) * (0.5 + Math.random() / 2));
         }

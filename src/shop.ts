@@ -3,7 +3,7 @@
 // refusals it could answer saved (BENCHMARKS.md).
 import { randomFillSync } from 'node:crypto';
 import { coalesce, type Limits } from './batch.ts';
-import { retryOnce, withDeadline, type Sql } from './db.ts';
+import { isLockTimeout, retryOnce, withDeadline, type Sql } from './db.ts';
 import { AppError, messages } from './errors.ts';
 import type { Metrics } from './metrics.ts';
 import * as store from './store.ts';
@@ -27,7 +27,7 @@ export function createShop(deps: {
   const deadlineMs = deps.statementTimeoutMs + 500;
   const shed = (kind: string) => () => deps.metrics.shed(kind);
   const decideHeld = coalesce(
-    (codes: string[]) => withDeadline(retryOnce(() => store.purchase(deps.sql, codes)), deadlineMs),
+    async (codes: string[]) => (await withDeadline(retryOnce(() => store.purchase(deps.sql, codes)), deadlineMs)) as store.PurchaseResult[],
     { ...limits, maxInFlight: 1 },
     shed('purchase'),
   );
@@ -41,10 +41,12 @@ export function createShop(deps: {
       limits,
       shed('checkout'),
     ),
+    // A buyer's row another transaction holds must stall no one else: a batch that meets one is sent again
+    // skipping it, and that buyer's requests wait for the row alone.
     decidePurchase: coalesce(
       async (codes: string[]) => {
-        const results = await withDeadline(retryOnce(() => store.purchase(deps.sql, codes, false)), deadlineMs);
-        // A buyer whose row another transaction holds waits alone, so that its lock stalls no one else.
+        const decide = () => store.purchase(deps.sql, codes, 'first').catch((error: unknown) => (isLockTimeout(error) ? store.purchase(deps.sql, codes, 'skip') : Promise.reject(error)));
+        const results = await withDeadline(retryOnce(decide), deadlineMs);
         return results.map((result, index) => (result.outcome === 'held' ? decideHeld(codes[index]!) : (result as store.PurchaseResult)));
       },
       limits,

@@ -56,15 +56,15 @@ export type PurchaseResult<Outcome = PurchaseOutcome> = {
   perUserLimit: number | null;
 };
 
-// Any number of purchases, each decided, in one transaction; a request whose buyer's row another
-// transaction holds is answered 'held', undecided, unless the statement may wait for it.
-export async function purchase(sql: Sql, codes: string[], wait: false): Promise<PurchaseResult<PurchaseOutcome | 'held'>[]>;
-export async function purchase(sql: Sql, codes: string[], wait?: true): Promise<PurchaseResult[]>;
-export async function purchase(sql: Sql, codes: string[], wait = true): Promise<PurchaseResult<PurchaseOutcome | 'held'>[]> {
+// Any number of purchases, each decided, in one transaction. `wait` (the default): for every buyer's and
+// item's row, within lock_timeout. `first`: fails with lock_not_available if a row stays locked for
+// `firstTryLockMs`. `skip`: a request whose buyer's row another transaction holds is answered 'held'.
+export const firstTryLockMs = 50;
+export async function purchase(sql: Sql, codes: string[], mode: 'wait' | 'first' | 'skip' = 'wait'): Promise<PurchaseResult<PurchaseOutcome | 'held'>[]> {
   const rows = await sql<(PurchaseResult<PurchaseOutcome | 'held'> & { ord: number })[]>`
     select ord, outcome, item_id as "itemId", sale_id as "saleId", user_id as "userId",
            purchased_at as "purchasedAt", per_user_limit as "perUserLimit"
-    from purchase(${codes}::text[], ${!wait})`;
+    from purchase(${codes}::text[], ${mode === 'skip'}, ${mode === 'first' ? firstTryLockMs : null}::integer)`;
   return inOrder(rows);
 }
 

@@ -36,8 +36,8 @@ type Report = {
   invariants: { ok: boolean; checks: { name: string; ok: boolean }[] };
 };
 
-function load(args: string[], onStart?: () => void): Promise<{ code: number | null; output: string }> {
-  const child = spawn(process.execPath, [loadPath, ...args, '--url', instance!.url, '--database-url', database!.url, '--out', out], {
+function load(args: string[], onStart?: () => void, target = { url: instance!.url, databaseUrl: database!.url }): Promise<{ code: number | null; output: string }> {
+  const child = spawn(process.execPath, [loadPath, ...args, '--url', target.url, '--database-url', target.databaseUrl, '--out', out], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let output = '';
@@ -75,6 +75,25 @@ test('a small stampede sells its sale out, and every answer is counted by endpoi
   assert.equal(rows!.sold, count('checkout', '409 item_sold'));
   const total = report.endpoints.reduce((sum, e) => sum + e.requests, 0);
   assert.equal(total, report.totals.requests);
+});
+
+test('without the service\'s database, the load generator says it needs --database-url', async () => {
+  const elsewhere = new URL(database!.url);
+  elsewhere.pathname = '/flash_no_such_database';
+  const run = await load(['checkout-only', '--duration', '1', '--warm-up', '0'], undefined, { url: instance!.url, databaseUrl: elsewhere.toString() });
+  assert.equal(run.code, 1);
+  assert.match(run.output, /cannot read the service's database .*flash_no_such_database.*give it the service's DATABASE_URL with --database-url/s);
+});
+
+test('a run refused by the rate limits fails saying so, and how to lift them', async () => {
+  const limited = await startInstance(testEnv(database!, uniquePrefix(), { RATE_LIMIT: 'on', RATE_LIMIT_ADDRESS_MAX: '50' }));
+  try {
+    const run = await load(['checkout-only', '--duration', '2', '--connections', '4', '--warm-up', '0'], undefined, { url: limited.url, databaseUrl: database!.url });
+    assert.equal(run.code, 1, run.output);
+    assert.match(run.output, /answers were 429 rate_limited: .* RATE_LIMIT=off, or a higher RATE_LIMIT_ADDRESS_MAX/);
+  } finally {
+    await limited.stop();
+  }
 });
 
 test('a run whose service goes away counts network errors and exits 1', async () => {
