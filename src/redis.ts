@@ -1,6 +1,7 @@
 // Redis protects the service and never decides: the rate limits of every instance count here, and the
 // listing snapshot they share lives here. Any Redis error or timeout means "no limit" for that request
-// (degrade open) and "no snapshot" (each instance keeps its own): PostgreSQL still decides.
+// (degrade open) and "no snapshot" (each instance keeps its own): PostgreSQL still decides. Without a URL
+// (no REDIS_URL and nothing on the default port) it is disabled: each instance counts its own limits.
 import { createClient } from 'redis';
 
 // A fixed-window counter: the first hit of a window sets its expiry.
@@ -19,10 +20,10 @@ type CountCallback = (error: Error | null, count: Count | null) => void;
 
 export type Redis = ReturnType<typeof createRedis>;
 
-export function createRedis(options: { url: string; keyPrefix: string; timeoutMs: number; onError: (error: Error) => void }) {
+export function createRedis(options: { url: string | null; keyPrefix: string; timeoutMs: number; onError: (error: Error) => void }) {
   const prefix = options.keyPrefix;
   const client = createClient({
-    url: options.url,
+    url: options.url ?? undefined,
     // Without these, commands queue forever while Redis is down and every request waits.
     disableOfflineQueue: true,
     commandOptions: { timeout: options.timeoutMs },
@@ -56,12 +57,15 @@ export function createRedis(options: { url: string; keyPrefix: string; timeoutMs
   }
 
   return {
+    enabled: options.url !== null,
+
     // Connects in the background: the service starts and sells without Redis.
     start(): void {
-      client.connect().catch(() => {});
+      if (options.url !== null) client.connect().catch(() => {});
     },
 
     async close(): Promise<void> {
+      if (options.url === null) return;
       if (client.isOpen) await client.close().catch(() => client.destroy());
       else client.destroy();
     },

@@ -96,7 +96,7 @@ const dependency = { type: 'string', enum: ['ok', 'error'] } as const;
 const health = {
   type: 'object',
   required: ['status', 'database', 'redis'],
-  properties: { status: dependency, database: dependency, redis: dependency },
+  properties: { status: dependency, database: dependency, redis: { type: 'string', enum: ['ok', 'error', 'disabled'] } },
 } as const;
 
 export const healthSchema = {

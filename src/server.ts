@@ -3,6 +3,7 @@ import { buildApp } from './app.ts';
 import { createRedis } from './redis.ts';
 import { ConfigError, loadConfig, type Config } from './config.ts';
 import { connect, ensureDatabase, migrate, schemaDifference } from './db.ts';
+import { localDependencies } from './local.ts';
 import { startScheduler } from './scheduler.ts';
 import { ensureCurrentSale } from './store.ts';
 
@@ -22,22 +23,24 @@ async function withRetries<T>(work: () => Promise<T>, attempts: number, onRetry:
 }
 
 async function main(config: Config): Promise<void> {
+  const local = await localDependencies(config);
   const pool = { max: config.databasePoolMax, statementTimeoutMs: config.statementTimeoutMs };
-  const sql = connect(config.databaseUrl, pool);
+  const sql = connect(local.databaseUrl, pool);
   const readSql = config.readDatabaseUrl ? connect(config.readDatabaseUrl, pool) : sql;
-  const probeSql = connect(config.databaseUrl, { max: 1, statementTimeoutMs: config.healthTimeoutMs });
+  const probeSql = connect(local.databaseUrl, { max: 1, statementTimeoutMs: config.healthTimeoutMs });
   const redis = createRedis({
-    url: config.redisUrl,
+    url: local.redisUrl,
     keyPrefix: config.redisKeyPrefix,
     timeoutMs: config.redisTimeoutMs,
     onError: (error) => app.log.warn({ err: error }, 'redis error; rate limits let requests through until it is back'),
   });
   const app = buildApp(config, { sql, readSql, probeSql, redis });
+  for (const note of local.notes) app.log.info(note);
 
   await withRetries(
     async () => {
       if (config.migrate) {
-        await ensureDatabase(config.databaseUrl);
+        await ensureDatabase(local.databaseUrl);
         const applied = await migrate(sql, {
           lockTimeoutMs: config.migrationLockTimeoutMs,
           onRetry: (file, attempt, error) => app.log.warn({ err: error, file, attempt }, 'migration could not take its locks in time; trying again'),
@@ -75,6 +78,7 @@ async function main(config: Config): Promise<void> {
     if (readSql !== sql) await readSql.end({ timeout: 5 });
     await probeSql.end({ timeout: 5 });
     await sql.end({ timeout: 5 });
+    await local.stop();
     app.log.info('stopped');
   };
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
