@@ -44,6 +44,10 @@ const ui = {
   purchases: $('purchases'),
   purchasesMeta: $('purchases-meta'),
   purchasesRefresh: $('purchases-refresh'),
+  purchasesPanel: $('purchases-panel'),
+  purchasesHeading: $('purchases-heading'),
+  purchasesOpen: $('purchases-open'),
+  purchasesClose: $('purchases-close'),
 };
 
 const state = {
@@ -58,6 +62,7 @@ const state = {
   saleId: /** @type {number | null} */ (null),
   nextAfter: /** @type {number | null} */ (0),
   loading: false,
+  resultTimer: /** @type {ReturnType<typeof setTimeout> | undefined} */ (undefined),
   gridToken: 0,
   sentinelVisible: false,
   inFlight: false,
@@ -134,6 +139,7 @@ async function api(method, path) {
 // ------------------------------------------------------------------------------------------------ user
 
 function setUser(userId) {
+  if (userId !== state.userId) forgetPreviousUser();
   state.userId = userId;
   ui.userForm.hidden = Boolean(userId);
   ui.userView.hidden = !userId;
@@ -142,6 +148,12 @@ function setUser(userId) {
     ui.userAvatar.textContent = userId.charAt(0);
   }
   loadPurchases();
+}
+
+// What the page showed for the previous user (their latest result, the items marked Yours) is not the next one's.
+function forgetPreviousUser() {
+  hideResult();
+  for (const card of ui.grid.querySelectorAll('li.mine')) markSold(/** @type {HTMLElement} */ (card).dataset.item, false);
 }
 
 function showUserError(message) {
@@ -181,8 +193,24 @@ ui.userChange.addEventListener('click', () => {
 
 // The result panel is what people see; the announcer (aria-live, always present) is what screen readers
 // hear: the same words, as one sentence.
+// A result leaves by itself after a while (not while the pointer or focus is on it), or when dismissed.
+const RESULT_MS = 6000;
+
+function hideResult() {
+  clearTimeout(state.resultTimer);
+  ui.result.hidden = true;
+  ui.resultBody.replaceChildren();
+}
+
+function hideResultLater() {
+  clearTimeout(state.resultTimer);
+  state.resultTimer = setTimeout(() => (ui.result.matches(':hover, :focus-within') ? hideResultLater() : hideResult()), RESULT_MS);
+}
+
 function showResult(kind, build) {
   ui.result.hidden = false;
+  if (kind === 'busy') clearTimeout(state.resultTimer);
+  else hideResultLater();
   ui.result.className = `panel result ${kind}`;
   ui.resultBody.replaceChildren(...build().filter(Boolean));
   const words = [...ui.resultBody.querySelectorAll('.result-title, .result-message, .result-hint, .item-title')].map((node) => node.textContent);
@@ -240,8 +268,7 @@ function showError(title, error, retry) {
 }
 
 ui.resultClose.addEventListener('click', () => {
-  ui.result.hidden = true;
-  ui.resultBody.replaceChildren();
+  hideResult();
   const back = state.lastTrigger?.isConnected && !state.lastTrigger.disabled ? state.lastTrigger : ui.itemsHeading;
   back.focus({ preventScroll: back === ui.itemsHeading });
 });
@@ -754,6 +781,23 @@ async function loadPurchases() {
 }
 
 ui.purchasesRefresh.addEventListener('click', () => loadPurchases());
+
+function setPurchasesOpen(open) {
+  ui.purchasesPanel.classList.toggle('open', open);
+  ui.purchasesOpen.setAttribute('aria-expanded', String(open));
+  if (open) {
+    loadPurchases();
+    ui.purchasesHeading.focus();
+  } else {
+    ui.purchasesOpen.focus();
+  }
+}
+
+ui.purchasesOpen.addEventListener('click', () => setPurchasesOpen(!ui.purchasesPanel.classList.contains('open')));
+ui.purchasesClose.addEventListener('click', () => setPurchasesOpen(false));
+document.addEventListener('keydown', (event) => {
+  if (event.key === 'Escape' && ui.purchasesPanel.classList.contains('open')) setPurchasesOpen(false);
+});
 
 // -------------------------------------------------------------------------------------------- start-up
 

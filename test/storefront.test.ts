@@ -178,6 +178,11 @@ test('the storefront buys through the page up to the limit, updates live, and fi
   await page.getByRole('button', { name: 'Change' }).click();
   await page.getByLabel('User id').fill('resumer');
   await page.getByLabel('User id').press('Enter');
+  // Another user: nothing of the previous one's stays (their latest result, their items marked Yours).
+  assert.equal(await page.locator('#grid li.mine').count(), 0);
+  assert.equal(await first.getByRole('button').innerText(), 'Sold');
+  assert.equal(await result.isHidden(), true);
+  await page.waitForFunction(`document.querySelectorAll('#purchases li').length === 0 && /Nothing bought/.test(document.getElementById('purchases-meta').textContent)`);
   let purchaseRequests = 0;
   await page.route('**/purchase?*', async (route) => {
     purchaseRequests += 1;
@@ -200,6 +205,8 @@ test('the storefront buys through the page up to the limit, updates live, and fi
   await page.waitForFunction(`document.querySelector('#result.ok')?.textContent.includes('#${fourthId}')`);
   assert.ok((await result.innerText()).includes(JSON.parse(code!).code));
   assert.equal(await pendingCode(page), null);
+  // The result leaves by itself after a few seconds.
+  await result.waitFor({ state: 'hidden', timeout: 10_000 });
   await page.reload();
   await page.locator('#grid li.item').first().waitFor();
   assert.equal(await itemsOwned(database, saleId, 'resumer'), 1);
@@ -224,6 +231,31 @@ test('the storefront buys through the page up to the limit, updates live, and fi
   const b = (await smallCards.nth(1).boundingBox())!;
   assert.ok(a.x >= 0 && b.x + b.width <= 390, `cards inside the screen: ${JSON.stringify({ a, b })}`);
   assert.equal(Math.round(a.y), Math.round(b.y), 'two cards side by side');
+
+  // Deep in the grid (500 items scrolled), My purchases is one tap away, and the receipt's code fits one line.
+  await small.getByLabel('User id').fill('shopper_1');
+  await small.getByLabel('User id').press('Enter');
+  while ((await smallCards.count()) < 500) {
+    const before = await smallCards.count();
+    await small.evaluate('window.scrollTo(0, document.body.scrollHeight)');
+    await small.waitForFunction(`document.querySelectorAll('#grid li.item').length > ${before}`);
+  }
+  assert.ok((await small.evaluate('window.scrollY')) as number > 20_000, 'scrolled far down the grid');
+  await small.getByRole('button', { name: 'My purchases' }).tap();
+  const drawer = small.locator('#purchases-panel');
+  await small.waitForFunction(`document.querySelectorAll('#purchases li').length === 2`);
+  const box = (await drawer.boundingBox())!;
+  assert.ok(box.y >= 0 && box.y + box.height <= 844, `the drawer is on screen: ${JSON.stringify(box)}`);
+  if (process.env.STOREFRONT_SCREENSHOT === '1') await small.screenshot({ path: join(dirname(screenshotPath), 'storefront-phone-purchases.png') });
+  await small.keyboard.press('Escape');
+  assert.equal(await drawer.isHidden(), true);
+  const buyHere = small.locator('#grid li.item:not(.sold) button.buy').last();
+  await buyHere.tap();
+  await small.locator('#result.bad').waitFor(); // shopper_1 has used the limit of 2
+  const sheet = (await small.locator('#result').boundingBox())!;
+  assert.ok(sheet.y + sheet.height <= 844);
+  await small.getByRole('button', { name: 'Dismiss result' }).tap();
+  assert.equal(await small.locator('#result').isHidden(), true);
   await phone.close();
 });
 
