@@ -29,6 +29,8 @@ export async function localDependencies(config: Config): Promise<Local> {
   if (!config.redisUrlGiven && !(await answers(6379))) {
     local.redisUrl = null;
     local.notes.push('Redis: REDIS_URL is not set and nothing answers on 127.0.0.1:6379, so the service runs without it; rate limits are counted per instance');
+  } else {
+    local.notes.push(`Redis: ${withoutPassword(config.redisUrl)}`);
   }
   if (config.databaseUrlGiven || (await answers(5432))) {
     local.notes.push(`PostgreSQL: ${withoutPassword(config.databaseUrl)}`);
