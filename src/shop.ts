@@ -26,6 +26,7 @@ export function createShop(deps: {
   const limits = deps.batch;
   const deadlineMs = deps.statementTimeoutMs + 500;
   const shed = (kind: string) => () => deps.metrics.shed(kind);
+  // Purchases whose buyer's row another transaction held: one statement at a time, waiting for the row.
   const decideHeld = coalesce(
     async (codes: string[]) => (await withDeadline(retryOnce(() => store.purchase(deps.sql, codes)), deadlineMs)) as store.PurchaseResult[],
     { ...limits, maxInFlight: 1 },
@@ -45,7 +46,12 @@ export function createShop(deps: {
     // skipping it, and that buyer's requests wait for the row alone.
     decidePurchase: coalesce(
       async (codes: string[]) => {
-        const decide = () => store.purchase(deps.sql, codes, 'first').catch((error: unknown) => (isLockTimeout(error) ? store.purchase(deps.sql, codes, 'skip') : Promise.reject(error)));
+        // As before first (giving up on a row locked for 50 ms); then skipping the rows others hold.
+        const decide = () =>
+          store.purchase(deps.sql, codes, 'first').catch((error: unknown) => {
+            if (isLockTimeout(error)) return store.purchase(deps.sql, codes, 'skip');
+            throw error;
+          });
         const results = await withDeadline(retryOnce(decide), deadlineMs);
         return results.map((result, index) => (result.outcome === 'held' ? decideHeld(codes[index]!) : (result as store.PurchaseResult)));
       },
