@@ -1,5 +1,6 @@
 // The run's report: one plain object (written as JSON, drawn as HTML) and its text form for stdout.
 import type { Histogram } from 'hdr-histogram-js';
+import { withoutPassword } from '../src/config.ts';
 import type { Invariants } from './invariants.ts';
 import type { Options } from './options.ts';
 import type { Fact } from './run.ts';
@@ -76,16 +77,6 @@ function endpointReport(recorder: Recorder, endpoint: Endpoint, seconds: number)
     },
     spectrum: spectrum(h),
   };
-}
-
-export function withoutPassword(url: string): string {
-  try {
-    const parsed = new URL(url);
-    if (parsed.password) parsed.password = '***';
-    return parsed.toString();
-  } catch {
-    return '(not a URL)';
-  }
 }
 
 export function failuresOf(recorder: Recorder, invariants: Invariants): string[] {

@@ -4,7 +4,7 @@
 import { existsSync } from 'node:fs';
 import { connect as connectTcp } from 'node:net';
 import { join } from 'node:path';
-import type { Config } from './config.ts';
+import { withoutPassword, type Config } from './config.ts';
 
 // The embedded server's own port, so that it never takes the one a PostgreSQL installed later would use.
 const embeddedPort = 54329;
@@ -68,8 +68,3 @@ export async function localDependencies(config: Config): Promise<Local> {
   return local;
 }
 
-function withoutPassword(url: string): string {
-  const parsed = new URL(url);
-  if (parsed.password) parsed.password = '***';
-  return parsed.toString();
-}

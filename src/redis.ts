@@ -22,6 +22,7 @@ export type Redis = ReturnType<typeof createRedis>;
 
 export function createRedis(options: { url: string | null; keyPrefix: string; timeoutMs: number; onError: (error: Error) => void }) {
   const prefix = options.keyPrefix;
+  const enabled = options.url !== null;
   const client = createClient({
     url: options.url ?? undefined,
     // Without these, commands queue forever while Redis is down and every request waits.
@@ -57,15 +58,15 @@ export function createRedis(options: { url: string | null; keyPrefix: string; ti
   }
 
   return {
-    enabled: options.url !== null,
+    enabled,
 
     // Connects in the background: the service starts and sells without Redis.
     start(): void {
-      if (options.url !== null) client.connect().catch(() => {});
+      if (enabled) client.connect().catch(() => {});
     },
 
     async close(): Promise<void> {
-      if (options.url === null) return;
+      if (!enabled) return;
       if (client.isOpen) await client.close().catch(() => client.destroy());
       else client.destroy();
     },

@@ -59,7 +59,7 @@ export type PurchaseResult<Outcome = PurchaseOutcome> = {
 // Any number of purchases, each decided, in one transaction. `wait` (the default): for every buyer's and
 // item's row, within lock_timeout. `first`: fails with lock_not_available if a row stays locked for
 // `firstTryLockMs`. `skip`: a request whose buyer's row another transaction holds is answered 'held'.
-export const firstTryLockMs = 50;
+const firstTryLockMs = 50;
 export async function purchase(sql: Sql, codes: string[], mode: 'wait' | 'first' | 'skip' = 'wait'): Promise<PurchaseResult<PurchaseOutcome | 'held'>[]> {
   const rows = await sql<(PurchaseResult<PurchaseOutcome | 'held'> & { ord: number })[]>`
     select ord, outcome, item_id as "itemId", sale_id as "saleId", user_id as "userId",
