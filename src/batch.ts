@@ -7,7 +7,8 @@ import { AppError, messages } from './errors.ts';
 
 type Pending<I, O> = { input: I; resolve: (output: O) => void; reject: (error: unknown) => void; timer: NodeJS.Timeout | null };
 
-export type Limits = { maxBatch: number; maxInFlight: number; maxQueued: number; queueTimeoutMs: number };
+// `lingerMs`: how long a batch that is not full waits for company before it starts, when it may start.
+export type Limits = { maxBatch: number; maxInFlight: number; maxQueued: number; queueTimeoutMs: number; lingerMs?: number };
 
 // One statement at a time, a second one alongside only when a full batch is waiting: big batches cost
 // PostgreSQL far less per request than several small ones at once (BENCHMARKS.md), and a queue longer
@@ -27,6 +28,8 @@ export function coalesce<I, O>(run: (inputs: I[]) => Promise<O[]>, limits: Limit
 
   function flush(): void {
     scheduled = false;
+    clearTimeout(linger);
+    linger = undefined;
     dropExpired();
     while (mayStart()) {
       const batch = queue.splice(0, limits.maxBatch).filter((pending) => pending.timer !== null);
@@ -39,9 +42,21 @@ export function coalesce<I, O>(run: (inputs: I[]) => Promise<O[]>, limits: Limit
         )
         .finally(() => {
           inFlight -= 1;
-          flush();
+          if (limits.lingerMs) schedule();
+          else flush();
         });
       dropExpired();
+    }
+  }
+
+  // Soon, or after lingerMs for a batch that is not full (a full one cuts the linger short).
+  let linger: NodeJS.Timeout | undefined;
+  function schedule(): void {
+    if (!mayStart()) return;
+    if (limits.lingerMs && queue.length < limits.maxBatch) linger ??= setTimeout(flush, limits.lingerMs);
+    else if (!scheduled) {
+      scheduled = true;
+      setImmediate(flush);
     }
   }
 
@@ -61,9 +76,6 @@ export function coalesce<I, O>(run: (inputs: I[]) => Promise<O[]>, limits: Limit
       }, limits.queueTimeoutMs);
       queue.push(pending);
       // Calls made in the same turn of the event loop share the next batch.
-      if (!scheduled && mayStart()) {
-        scheduled = true;
-        setImmediate(flush);
-      }
+      schedule();
     });
 }

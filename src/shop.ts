@@ -58,14 +58,15 @@ export function createShop(deps: {
       limits,
       shed('purchase'),
     ),
-    // A flood of refused checkouts (rate limited, or shed for overload) must not cost PostgreSQL a
-    // transaction each: full batches however small BATCH_MAX is. Not retried: the insert is not idempotent.
+    // A flood of refused checkouts (rate limited, or shed for overload) must not take turns with the
+    // checkouts on the connections: they go in batches of up to 64 however small BATCH_MAX is, each
+    // lingering 50 ms for company. Not retried: the insert is not idempotent.
     recordRefusedCheckout: coalesce(
       async (attempts: store.RefusedCheckout[]) => {
         await withDeadline(store.recordRefusedCheckouts(deps.sql, attempts), deadlineMs);
         return attempts.map(() => undefined);
       },
-      { ...limits, maxBatch: 64 },
+      { ...limits, maxBatch: 64, lingerMs: 50 },
       shed('refused_checkout'),
     ),
   };

@@ -53,6 +53,39 @@ test('coalesce: a second statement starts alongside the first only when a full b
   assert.deepEqual(started, [[1], [2, 3, 4], [5]]);
 });
 
+test('coalesce: with lingerMs, a batch that is not full waits for company, before the first statement and after each', async () => {
+  const started: number[][] = [];
+  const gates: (() => void)[] = [];
+  const echo = coalesce(async (inputs: number[]) => {
+    started.push(inputs);
+    await new Promise<void>((resolve) => gates.push(resolve));
+    return inputs;
+  }, { maxBatch: 3, maxInFlight: 1, lingerMs: 200, ...roomy });
+  const tick = () => new Promise((resolve) => setImmediate(resolve));
+  const outlast = () => new Promise((resolve) => setTimeout(resolve, 250)); // set after the linger: fires after it
+
+  const calls = [echo(1)];
+  await tick();
+  calls.push(echo(2));
+  await tick();
+  assert.deepEqual(started, [], 'a lone call lingers');
+  await outlast();
+  assert.deepEqual(started, [[1, 2]], 'the lingering calls go together');
+  calls.push(echo(3));
+  gates[0]!();
+  await tick();
+  assert.equal(started.length, 1, 'after a statement, a call that is not a batch lingers again');
+  await outlast();
+  assert.deepEqual(started, [[1, 2], [3]]);
+  gates[1]!();
+  await tick();
+  calls.push(echo(4), echo(5), echo(6));
+  await tick();
+  assert.deepEqual(started.at(-1), [4, 5, 6], 'a full batch does not linger');
+  gates[2]!();
+  assert.deepEqual(await Promise.all(calls), [1, 2, 3, 4, 5, 6]);
+});
+
 test('coalesce: a failed statement fails its own callers only', async () => {
   const run = coalesce(async (inputs: string[]) => {
     if (inputs.includes('bad')) throw new Error('statement failed');
