@@ -5,8 +5,8 @@
 -- this release's (an older release never overwrites a newer one's functions). So edit a function here, in
 -- place; `git log -p sql/functions.sql` is its history (the migrations hold the earlier versions and why
 -- they changed). A numbered migration is still needed to drop a function, to change its arguments or
--- return type (drop it there; it is created here), and for any change the previous release cannot run
--- with (README, "Migrations").
+-- result (drop it there; it is created here), and with a change that must not be undone while the
+-- previous release still runs (README, "Reliability", on deploys).
 
 ---------------------------------------------------------------------------------------------------------
 -- Where a sale is decided: the service sends every checkout and purchase, in batches, to these two.
