@@ -19,8 +19,10 @@ WORKDIR /app
 # Files stay owned by root and are only readable by the `node` user: the service writes nothing to disk.
 COPY --from=deps /app/node_modules ./node_modules
 COPY package.json ./
-# Read relative to the sources: src/db.ts loads ../migrations, src/app.ts serves ../public (the storefront).
+# Read relative to the sources: src/db.ts loads ../migrations and ../sql/functions.sql, src/app.ts serves
+# ../public (the storefront).
 COPY migrations ./migrations
+COPY sql ./sql
 COPY public ./public
 COPY src ./src
 

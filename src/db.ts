@@ -1,6 +1,7 @@
-// The one place that creates postgres.js instances, creates the database and applies migrations.
-import { readdirSync } from 'node:fs';
-import { join } from 'node:path';
+// The one place that creates postgres.js instances, creates the database and applies migrations and functions.
+import { createHash } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import postgres from 'postgres';
@@ -8,6 +9,7 @@ import postgres from 'postgres';
 export type Sql = postgres.Sql;
 
 const migrationsDir = fileURLToPath(new URL('../migrations/', import.meta.url));
+const defaultFunctionsFile = fileURLToPath(new URL('../sql/functions.sql', import.meta.url));
 // Any fixed number: every instance takes the same lock, so only one migrates at a time.
 const migrationLockKey = 7_201_042_917;
 
@@ -126,17 +128,20 @@ export type MigrateOptions = {
   attempts?: number;
   onRetry?: (file: string, attempt: number, error: unknown) => void;
   dir?: string;
+  // The live definition of every function (a test passes a changed copy).
+  functionsFile?: string;
+  onFunctionsApplied?: (checksum: string) => void;
 };
 
 // Applies migrations/NNNN_*.sql in order, each once and each in a transaction of its own, under an
 // advisory lock so that instances starting together neither race nor see a half-migrated schema. A file
 // commits before the next one starts: a migration that must not hold its locks long is split into files
-// (work under weak locks first, a brief exclusive step last). A file waits at most `lockTimeoutMs` for a
-// lock, so that checkouts queued behind its request (behind a long reader, say) wait no longer than that;
-// it is then rolled back and tried again after a growing pause. Its statements have no time limit.
+// (work under weak locks first, a brief exclusive step last). Then sql/functions.sql, when it changed.
+// Returns the migrations applied.
 export async function migrate(sql: Sql, options: MigrateOptions = {}): Promise<string[]> {
-  const { lockTimeoutMs = 1000, attempts = 8, onRetry = () => {}, dir = migrationsDir } = options;
-  const files = migrationFiles(dir).filter((name) => options.through === undefined || name <= options.through);
+  const { dir = migrationsDir, functionsFile = defaultFunctionsFile, onFunctionsApplied = () => {} } = options;
+  const known = migrationFiles(dir);
+  const files = known.filter((name) => options.through === undefined || name <= options.through);
   const connection = await sql.reserve();
   try {
     await connection`select pg_advisory_lock(${migrationLockKey})`;
@@ -148,26 +153,57 @@ export async function migrate(sql: Sql, options: MigrateOptions = {}): Promise<s
     const done = new Set((await connection`select version from schema_migrations`).map((row) => row.version as string));
     const applied: string[] = [];
     for (const file of files.filter((name) => !done.has(name))) {
-      for (let attempt = 1; ; attempt += 1) {
-        await connection`begin`;
-        try {
-          await connection`select set_config('lock_timeout', ${`${lockTimeoutMs}ms`}, true), set_config('statement_timeout', '0', true)`;
-          await connection.file(join(dir, file));
-          await connection`insert into schema_migrations (version) values (${file})`;
-          await connection`commit`;
-          break;
-        } catch (error) {
-          await connection`rollback`.catch(() => {});
-          if (!isLockTimeout(error) || attempt >= attempts) throw error;
-          onRetry(file, attempt, error);
-          await sleep(Math.min(8000, 250 * 2 ** attempt) * (0.5 + Math.random() / 2));
-        }
-      }
+      await inTransactionWithRetries(connection, file, options, async () => {
+        await connection.file(join(dir, file));
+        await connection`insert into schema_migrations (version) values (${file})`;
+      });
       applied.push(file);
+      done.add(file);
+    }
+    // The file defines the functions of exactly this code's migrations: not of a schema stopped short of
+    // them (`through`), nor of a newer release's, whose functions an older release must never overwrite.
+    const exactlyThisSchema = done.size === known.length && known.every((name) => done.has(name));
+    if (exactlyThisSchema) {
+      const checksum = createHash('sha256').update(readFileSync(functionsFile)).digest('hex');
+      await connection`
+        create table if not exists schema_functions (
+          checksum   text not null,
+          applied_at timestamptz not null default now()
+        )`;
+      const [recorded] = await connection`select checksum from schema_functions`;
+      if (recorded?.checksum !== checksum) {
+        await inTransactionWithRetries(connection, basename(functionsFile), options, async () => {
+          await connection.file(functionsFile);
+          await connection`delete from schema_functions`;
+          await connection`insert into schema_functions (checksum) values (${checksum})`;
+        });
+        onFunctionsApplied(checksum);
+      }
     }
     return applied;
   } finally {
     await connection`select pg_advisory_unlock(${migrationLockKey})`.catch(() => {});
     connection.release();
+  }
+}
+
+// Runs `work` in a transaction of its own that waits at most `lockTimeoutMs` for a lock, so that checkouts
+// queued behind its request (behind a long reader, say) wait no longer than that; it is then rolled back
+// and tried again after a growing pause. Its statements have no time limit.
+async function inTransactionWithRetries(connection: postgres.ReservedSql, name: string, options: MigrateOptions, work: () => Promise<void>): Promise<void> {
+  const { lockTimeoutMs = 1000, attempts = 8, onRetry = () => {} } = options;
+  for (let attempt = 1; ; attempt += 1) {
+    await connection`begin`;
+    try {
+      await connection`select set_config('lock_timeout', ${`${lockTimeoutMs}ms`}, true), set_config('statement_timeout', '0', true)`;
+      await work();
+      await connection`commit`;
+      return;
+    } catch (error) {
+      await connection`rollback`.catch(() => {});
+      if (!isLockTimeout(error) || attempt >= attempts) throw error;
+      onRetry(name, attempt, error);
+      await sleep(Math.min(8000, 250 * 2 ** attempt) * (0.5 + Math.random() / 2));
+    }
   }
 }

@@ -52,6 +52,7 @@ async function main(config: Config): Promise<void> {
         const applied = await migrate(sql, {
           lockTimeoutMs: config.migrationLockTimeoutMs,
           onRetry: (file, attempt, error) => app.log.warn({ err: error, file, attempt }, 'migration could not take its locks in time; trying again'),
+          onFunctionsApplied: (checksum) => app.log.info({ checksum }, 'sql/functions.sql applied'),
         });
         if (applied.length > 0) app.log.info({ applied }, 'migrations applied');
       }

@@ -1,4 +1,4 @@
-// npm run migrate: creates the database if missing and applies pending migrations.
+// npm run migrate: creates the database if missing, applies pending migrations, then sql/functions.sql if it changed.
 import { loadConfig } from '../config.ts';
 import { connect, ensureDatabase, migrate } from '../db.ts';
 
@@ -6,11 +6,14 @@ const config = loadConfig();
 await ensureDatabase(config.databaseUrl);
 const sql = connect(config.databaseUrl, { max: 1 });
 try {
+  let functionsChecksum: string | undefined;
   const applied = await migrate(sql, {
     lockTimeoutMs: config.migrationLockTimeoutMs,
     onRetry: (file, attempt, error) => console.error(`${file}: ${(error as Error).message}; trying again (attempt ${attempt + 1})`),
+    onFunctionsApplied: (checksum) => (functionsChecksum = checksum),
   });
-  console.log(applied.length > 0 ? `applied ${applied.join(', ')}` : 'schema is up to date');
+  console.log(applied.length > 0 ? `applied ${applied.join(', ')}` : 'no migration pending');
+  if (functionsChecksum !== undefined) console.log(`applied sql/functions.sql (sha256 ${functionsChecksum})`);
 } finally {
   await sql.end({ timeout: 5 });
 }
