@@ -121,11 +121,9 @@ export function buildApp(config: Config, deps: Pick<Deps, 'sql' | 'readSql' | 'p
   app.addHook('preClose', async () => {
     closing = true;
   });
-  // The per-request hooks take callbacks: an async hook costs every request a promise and a tick.
-  app.addHook('onSend', (request, reply, payload, done) => {
+  app.addHook('onSend', async (request, reply) => {
     reply.header('x-request-id', request.id);
     if (closing) reply.header('connection', 'close');
-    done(null, payload);
   });
 
   const metrics = createMetrics({ sql: deps.probeSql, redis: deps.redis, databasePoolMax: config.databasePoolMax });
@@ -136,9 +134,8 @@ export function buildApp(config: Config, deps: Pick<Deps, 'sql' | 'readSql' | 'p
     batch: { maxBatch: config.batchMax, maxInFlight: config.batchesInFlight, maxQueued: config.queueMax, queueTimeoutMs: config.queueTimeoutMs },
     statementTimeoutMs: config.statementTimeoutMs,
   });
-  app.addHook('onResponse', (request, reply, done) => {
+  app.addHook('onResponse', async (request, reply) => {
     metrics.observeRequest(request.method, request.routeOptions.url ?? 'unknown', reply.statusCode, reply.elapsedTime / 1000);
-    done();
   });
 
   app.setErrorHandler(async (error: FastifyError, request, reply) => {

@@ -22,15 +22,11 @@ export const errorStatus = {
 
 export type ErrorCode = keyof typeof errorStatus;
 
-// An expected refusal (a sold item, a spent limit) is an answer, not a fault: it is never logged with a
-// stack, and capturing one cost a stampede's many refusals a visible share of the service's CPU.
+// An expected refusal (a sold item, a spent limit) is an answer, not a fault: it is never logged.
 export class AppError extends Error {
   readonly code: ErrorCode;
   constructor(code: ErrorCode, message: string) {
-    const stackTraceLimit = Error.stackTraceLimit;
-    Error.stackTraceLimit = 0;
     super(message);
-    Error.stackTraceLimit = stackTraceLimit;
     this.code = code;
   }
 }

@@ -36,10 +36,8 @@ async function main(config: Config): Promise<void> {
   });
   const app = buildApp(config, { sql, readSql, probeSql, redis });
   for (const note of local.notes) app.log.info(note);
-  // postgres.js fetches the array types as a connection opens and drops that promise (connection.js,
-  // fetchArrayTypes): a connection cut just then (pg_terminate_backend, a restart) rejects it with no one to
-  // tell, which stopped an instance in the connection-cut test. The pool recovers by itself, so that one is
-  // logged; any other unhandled rejection still stops the process.
+  // postgres.js drops the promise of the array-type fetch a new connection makes (fetchArrayTypes): a cut
+  // just then rejects it unhandled. The pool recovers by itself, so that one is logged; any other stops us.
   process.on('unhandledRejection', (reason) => {
     if (!isDatabaseUnavailable(reason)) throw reason;
     app.log.warn({ err: reason }, 'a database connection was cut while it opened');

@@ -73,10 +73,8 @@ export function createShop(deps: {
 }
 
 // 22 base64url characters, as the reference's clients expect: 4 bytes of the second the code is issued
-// in (big-endian Unix time), which keys it near the right edge of the code index (migration 0004), and
-// 96 bits from the CSPRNG. The random bytes come from a pool filled 256 codes at a time, each byte used
-// once: a call into the CSPRNG per code was an eighth of the service's CPU on checkout (as node's own
-// randomUUID() does, for the same reason).
+// in (big-endian Unix time), which keys it near the right edge of the code index, and 96 random bits.
+// The random bytes come from a pool refilled 256 codes at a time: it pays on checkout (BENCHMARKS.md).
 const randomPart = 12;
 const pool = Buffer.alloc(randomPart * 256);
 let used = pool.length;
