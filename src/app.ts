@@ -10,7 +10,7 @@ import Fastify, { LogController, type FastifyError, type FastifyReply, type Fast
 import type { Config } from './config.ts';
 import { AppError, errorStatus, messages, type ErrorCode } from './errors.ts';
 import { isDatabaseUnavailable } from './db.ts';
-import { registerRateLimits } from './limits.ts';
+import { registerRateLimits } from './rate-limits.ts';
 import { createSnapshots } from './listing.ts';
 import { createMetrics } from './metrics.ts';
 import { registerRoutes, type Deps } from './routes.ts';

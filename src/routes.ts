@@ -1,11 +1,12 @@
 // Thin handlers: read the validated request, call the shop or the store, shape the reply.
 import type { FastifyInstance } from 'fastify';
 import type { Redis } from './redis.ts';
-import { latestMigration, type Sql } from './db.ts';
+import { type Sql } from './db.ts';
+import { latestMigration } from './migrate.ts';
 import type { Snapshots } from './listing.ts';
 import type { Metrics } from './metrics.ts';
 import { AppError } from './errors.ts';
-import { itemImage, itemName } from './sale.ts';
+import { itemImage, itemName } from './item-art.ts';
 import * as schemas from './schemas.ts';
 import * as shop from './shop.ts';
 import * as store from './store.ts';

@@ -2,7 +2,8 @@
 import { buildApp } from './app.ts';
 import { createRedis } from './redis.ts';
 import { ConfigError, loadConfig, type Config } from './config.ts';
-import { connect, ensureDatabase, isDatabaseUnavailable, migrate, schemaDifference } from './db.ts';
+import { connect, isDatabaseUnavailable } from './db.ts';
+import { ensureDatabase, migrate, schemaDifference } from './migrate.ts';
 import { localDependencies } from './local.ts';
 import { startScheduler } from './scheduler.ts';
 import { ensureCurrentSale } from './store.ts';

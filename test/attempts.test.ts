@@ -4,7 +4,8 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
-import { connect, migrate } from '../src/db.ts';
+import { connect } from '../src/db.ts';
+import { migrate } from '../src/migrate.ts';
 import { newCode } from '../src/shop.ts';
 import { createAttemptPartitions, dropOldAttemptPartitions, recordRefusedCheckouts } from '../src/store.ts';
 import { cleanUp, createDatabase, currentSaleId, type TestDatabase } from './helpers.ts';

@@ -5,7 +5,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { migrate, migrationFiles } from '../src/db.ts';
+import { migrate, migrationFiles } from '../src/migrate.ts';
 import { cleanUp, createDatabase, dropRedisPrefix, startInstance, testEnv, uniquePrefix, type Instance } from './helpers.ts';
 
 test('a migration queued behind a long reader holds checkouts up no longer than its lock timeout, then applies', { timeout: 60_000 }, async (t) => {

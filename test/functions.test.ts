@@ -7,7 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { migrate, type Sql } from '../src/db.ts';
+import { type Sql } from '../src/db.ts';
+import { migrate } from '../src/migrate.ts';
 import { cleanUp, createDatabase } from './helpers.ts';
 
 const functionsFile = fileURLToPath(new URL('../sql/functions.sql', import.meta.url));

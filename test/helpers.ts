@@ -11,7 +11,8 @@ import { freePort, limitsNeverReached } from '../bench/procs.ts';
 import { buildApp } from '../src/app.ts';
 import { createRedis } from '../src/redis.ts';
 import { loadConfig, type Config } from '../src/config.ts';
-import { connect, migrate, type Sql } from '../src/db.ts';
+import { connect, type Sql } from '../src/db.ts';
+import { migrate } from '../src/migrate.ts';
 
 export const adminUrl = process.env.TEST_DATABASE_ADMIN_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 export const redisUrl = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { test } from 'node:test';
 import { refreshSoldCounts } from '../src/store.ts';
-import { latestMigration } from '../src/db.ts';
+import { latestMigration } from '../src/migrate.ts';
 import { currentSaleId, freePort, startApp, uniquePrefix, useTestApp } from './helpers.ts';
 
 const fixture = useTestApp();

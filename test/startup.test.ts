@@ -5,7 +5,8 @@ import { fileURLToPath } from 'node:url';
 import { test } from 'node:test';
 import postgres from 'postgres';
 import { ConfigError, loadConfig } from '../src/config.ts';
-import { connect, ensureDatabase, migrate } from '../src/db.ts';
+import { connect } from '../src/db.ts';
+import { ensureDatabase, migrate } from '../src/migrate.ts';
 import { adminUrl, createDatabase, dropRedisPrefix, startInstance, testEnv, uniquePrefix } from './helpers.ts';
 
 test('the defaults describe the local PostgreSQL and Redis and an hourly 10,000-item sale', () => {

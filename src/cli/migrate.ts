@@ -1,6 +1,7 @@
 // npm run migrate: creates the database if missing, applies pending migrations, then sql/functions.sql if it changed.
 import { loadConfig } from '../config.ts';
-import { connect, ensureDatabase, migrate } from '../db.ts';
+import { connect } from '../db.ts';
+import { ensureDatabase, migrate } from '../migrate.ts';
 
 const config = loadConfig();
 await ensureDatabase(config.databaseUrl);

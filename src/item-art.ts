@@ -1,4 +1,4 @@
-// Pure rules of the sale: item names and images drawn from an item's seed. No I/O here.
+// Item art: names and images drawn from an item's seed; pure, no I/O.
 
 // mulberry32: a tiny, well-known deterministic PRNG; the same seed always draws the same item.
 function random(seed: number): () => number {
