@@ -85,7 +85,8 @@ export { freePort, limitsNeverReached };
 
 export type Instance = { url: string; port: number; child: ChildProcess; output: () => string; stop: (signal?: NodeJS.Signals) => Promise<number | null> };
 
-// A real service process (node src/server.ts), ready once it answers /health or /sales.
+// A real service process (node src/server.ts), ready once /readyz answers 200 (PostgreSQL answers with
+// every migration applied). /readyz reads nothing a test checks, and no rate limit counts it.
 export async function startInstance(env: Record<string, string>, readyTimeoutMs = 30_000): Promise<Instance> {
   const port = await freePort();
   const child = spawn(process.execPath, [serverPath], {
@@ -100,7 +101,7 @@ export async function startInstance(env: Record<string, string>, readyTimeoutMs 
   const deadline = Date.now() + readyTimeoutMs;
   for (;;) {
     if (child.exitCode !== null) throw new Error(`instance exited early:\n${output}`);
-    const ready = await fetch(`${url}/sales`).then((response) => response.ok, () => false);
+    const ready = await fetch(`${url}/readyz`).then((response) => response.ok, () => false);
     if (ready) break;
     if (Date.now() > deadline) {
       child.kill('SIGKILL');
