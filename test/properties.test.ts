@@ -1,8 +1,8 @@
 // Property-based tests of the HTTP edge, with fast-check. Every endpoint gets generated requests whose
 // query strings (and path parameters) mix missing, repeated and empty parameters, huge values, numeric
 // tricks, unicode, raw and invalid percent escapes, injection-like text and unknown extra parameters.
-// A model of the route schemas (the oracle below) says whether each request is valid, malformed, or
-// leniently accepted either way. Checked on every request:
+// The oracle below says whether each request is valid or malformed from the documented rules, written
+// in plain code (not the schemas' patterns, so a wrong pattern is caught). Checked on every request:
 //   1. an error reply is JSON {"error","message"} and nothing else, with a stable code whose status the
 //      errorStatus table agrees with, no stack trace and no SQL; never a 5xx; a malformed request is refused;
 //   2. a valid request answers 2xx or one of its endpoint's documented refusals;
@@ -193,7 +193,7 @@ function valueSegs(valid: fc.Arbitrary<string>, raws: Seg[]): fc.Arbitrary<Seg[]
 // The endpoints and a model of their schemas (src/schemas.ts).
 
 type Kind = 'userId' | 'id' | 'code' | 'latest' | 'salesLimit' | 'limit' | 'after' | 'available';
-type Verdict = 'valid' | 'malformed' | 'either';
+type Verdict = 'valid' | 'malformed';
 type Param = { name: string; kind: Kind; required: boolean; valid: () => fc.Arbitrary<string> };
 type Endpoint = {
   name: string;
@@ -205,13 +205,56 @@ type Endpoint = {
   documented: [number, string | null][];
 };
 
-// As src/schemas.ts: not dots alone ("." and ".." vanish from URL paths).
-const USER_ID = /^(?!\.+$)[A-Za-z0-9_.:@-]{1,64}$/;
-const ID = /^[1-9][0-9]{0,14}$/;
-const CODE = /^[A-Za-z0-9_-]{22}$/;
+// The documented rules (README's API section), stated without the schemas' regular expressions.
+const BASE64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+const USER_ID_SYMBOLS = '_.:@-';
+const isAsciiLetterOrDigit = (char: string) => (char >= 'a' && char <= 'z') || (char >= 'A' && char <= 'Z') || (char >= '0' && char <= '9');
+const isDigits = (value: string) => value.length > 0 && [...value].every((char) => char >= '0' && char <= '9');
+
+// 1 to 64 characters, each an ASCII letter, a digit or one of _ . : @ -; not dots alone ("." and ".."
+// vanish from URL paths).
+function isUserId(value: string): boolean {
+  const chars = [...value];
+  return chars.length >= 1 && chars.length <= 64 && chars.every((char) => isAsciiLetterOrDigit(char) || USER_ID_SYMBOLS.includes(char)) && chars.some((char) => char !== '.');
+}
+
+// A whole number from min to max written plainly: digits only, no sign, no leading zero.
+function isWholeNumber(value: string, min: bigint, max: bigint): boolean {
+  if (!isDigits(value)) return false;
+  const number = BigInt(value);
+  return number.toString() === value && number >= min && number <= max;
+}
+
+// A positive whole number of at most 15 digits.
+const isId = (value: string) => isWholeNumber(value, 1n, BigInt(MAX_ID));
+
+// 22 characters of the base64url alphabet.
+const isCode = (value: string) => value.length === 22 && [...value].every((char) => BASE64URL.includes(char));
+
 const INTEGER_RANGE: Partial<Record<Kind, [number, number]>> = { latest: [1, 100], salesLimit: [1, 100], limit: [1, 500], after: [0, MAX_ID] };
 
-const validUserId = () => fc.oneof(fc.constantFrom(fixtures.buyer, fixtures.greedy, 'prop-loser', 'A.b_c-d:e@f'), fc.stringMatching(/^[A-Za-z0-9_.:@-]{1,64}$/).filter((id) => USER_ID.test(id)));
+// The longest and shortest valid values of each kind, which the generators step just past.
+const EDGES: Record<Kind, string[]> = {
+  userId: ['u'.repeat(64), 'u'],
+  id: ['1', String(MAX_ID)],
+  code: ['A'.repeat(22)],
+  latest: ['1', '100'],
+  salesLimit: ['1', '100'],
+  limit: ['1', '500'],
+  after: ['0', String(MAX_ID)],
+  available: ['true', 'false'],
+};
+
+// Just past the documented bounds, where a wrong bound in a pattern shows: a character fewer or one
+// more, the number one below or above, as many dots.
+function justPast(edges: string[]): string[] {
+  return edges.flatMap((value) => {
+    const numbers = /^[0-9]+$/.test(value) ? [String(BigInt(value) - 1n), String(BigInt(value) + 1n)] : [];
+    return [value.slice(0, -1), value + value.at(-1)!, '.'.repeat(value.length), ...numbers];
+  });
+}
+
+const validUserId = () => fc.oneof(fc.constantFrom(fixtures.buyer, fixtures.greedy, 'prop-loser', 'A.b_c-d:e@f'), fc.string({ unit: fc.constantFrom(...'abcXYZ019', ...USER_ID_SYMBOLS), minLength: 1, maxLength: 64 }).filter(isUserId));
 const validItemId = () =>
   fc.oneof(
     fc.constantFrom(...fixtures.itemIds.slice(0, 40), ...fixtures.soldIds).map(String),
@@ -219,7 +262,7 @@ const validItemId = () =>
     fc.constantFrom('999999999999999', '1'),
   );
 const validSaleId = () => fc.oneof(fc.constant(String(fixtures.saleId)), fc.integer({ min: 1, max: 999_999_999_999_999 }).map(String));
-const validCode = () => fc.oneof(fc.constantFrom(...fixtures.codes.keys()), fc.stringMatching(CODE));
+const validCode = () => fc.oneof(fc.constantFrom(...fixtures.codes.keys()), fc.string({ unit: fc.constantFrom(...BASE64URL), minLength: 22, maxLength: 22 }));
 
 const endpoints: Endpoint[] = [
   {
@@ -307,25 +350,21 @@ function ajvCoercesInteger(value: string): boolean {
   return value !== '' && !Number.isNaN(number) && !(number % 1);
 }
 
-// valid: the documented form; malformed: must be refused; either: not the documented form, but Ajv's
-// type coercion accepts it (" 5", "1e1", "0x10", "+5", "5.0" for an integer).
 function judge(kind: Kind, value: string | null): Verdict {
   if (value === null) return 'malformed';
+  const verdict = (valid: boolean): Verdict => (valid ? 'valid' : 'malformed');
   switch (kind) {
     case 'userId':
-      return USER_ID.test(value) ? 'valid' : 'malformed';
+      return verdict(isUserId(value));
     case 'id':
-      return ID.test(value) ? 'valid' : 'malformed';
+      return verdict(isId(value));
     case 'code':
-      return CODE.test(value) ? 'valid' : 'malformed';
+      return verdict(isCode(value));
     case 'available':
-      return value === 'true' || value === 'false' ? 'valid' : 'malformed';
+      return verdict(value === 'true' || value === 'false');
     default: {
       const [min, max] = INTEGER_RANGE[kind]!;
-      const number = Number(value);
-      if (/^(0|[1-9][0-9]*)$/.test(value)) return number >= min && number <= max ? 'valid' : 'malformed';
-      if (ajvCoercesInteger(value) && Number.isFinite(number) && number >= min && number <= max) return 'either';
-      return 'malformed';
+      return verdict(isWholeNumber(value, BigInt(min), BigInt(max)));
     }
   }
 }
@@ -389,7 +428,7 @@ function makeRequest(endpoint: Endpoint, pathSegs: Seg[] | undefined, entries: E
       if (nonFiniteInteger(param.kind, values[0]!)) bugs.add('non-finite-integer');
     }
   }
-  const verdict: Verdict = verdicts.includes('malformed') ? 'malformed' : verdicts.includes('either') ? 'either' : 'valid';
+  const verdict: Verdict = verdicts.includes('malformed') ? 'malformed' : 'valid';
   const request: Req = { endpoint, method: endpoint.method, url, verdict, path, query, bugs, dotSegment };
   Object.defineProperty(request, fc.toStringMethod, { value: describeRequest, enumerable: false });
   return request;
@@ -622,9 +661,11 @@ async function exercise(request: Req, stats?: Stats): Promise<void> {
   }
 
   if (request.verdict === 'malformed') {
-    assert.ok(status >= 400, `a malformed request is refused, got ${status}: ${context}`);
+    // Refused as malformed, not answered as if it were valid (a 404 code_unknown for a 21-character code).
+    const refusal = request.dotSegment ? [404, 'not_found'] : [400, 'bad_request'];
+    assert.deepEqual([status, error], refusal, `a malformed request is refused as such: ${context}`);
   } else {
-    const allowed = request.verdict === 'valid' ? expectedReplies(request) : [...request.endpoint.documented, [400, 'bad_request'] as [number, string]];
+    const allowed = expectedReplies(request);
     assert.ok(
       allowed.some(([s, code]) => s === status && code === error),
       `${request.verdict} request: expected one of ${allowed.map(([s, code]) => `${s} ${code ?? ''}`).join(', ')}, got ${status} ${reply.body.slice(0, 200)}: ${context}`,
@@ -654,7 +695,7 @@ async function exercise(request: Req, stats?: Stats): Promise<void> {
         assert.equal(row.userId, Buffer.from(userIds[0]!.replaceAll('\0', '').slice(0, 100)).toString(), context);
       }
       if (userIds.length !== 1) assert.equal(row.userId, null, context);
-      assert.equal(row.itemId, ids.length === 1 && ids[0] !== null && ID.test(ids[0]!) ? Number(ids[0]) : null, context);
+      assert.equal(row.itemId, ids.length === 1 && ids[0] !== null && isId(ids[0]!) ? Number(ids[0]) : null, context);
     } else {
       const body = reply.json() as { code?: string };
       assert.equal(row.userId, one(request, 'user_id'), context);
@@ -703,6 +744,27 @@ describe('every request, valid or not, answers by the contract and changes only 
       assert.ok([...stats.keys()].some((key) => key.startsWith('malformed')), 'some malformed requests');
     });
   }
+
+  // Random values rarely land on a bound: each parameter is also tried at and just past each of its
+  // bounds, alone, with the required others at a valid value.
+  test('every parameter at and just past its documented bounds', async () => {
+    const validEntry = (param: Param): Entry => ({ key: [text(param.name)], value: [text(EDGES[param.kind][0]!)], order: 0 });
+    for (const endpoint of endpoints) {
+      const path = endpoint.pathParam ? [text(EDGES[endpoint.pathParam.kind][0]!)] : undefined;
+      const required = endpoint.params.filter((param) => param.required);
+      for (const param of endpoint.params) {
+        for (const value of [...EDGES[param.kind], ...justPast(EDGES[param.kind])]) {
+          const others = required.filter((other) => other !== param).map(validEntry);
+          await exercise(makeRequest(endpoint, path, [...others, { key: [text(param.name)], value: [text(value)], order: 1 }], '&', false));
+        }
+      }
+      if (!endpoint.pathParam) continue;
+      for (const value of [...EDGES[endpoint.pathParam.kind], ...justPast(EDGES[endpoint.pathParam.kind])]) {
+        const request = makeRequest(endpoint, [text(value)], required.map(validEntry), '&', false);
+        if (!request.dotSegment) await exercise(request);
+      }
+    }
+  });
 });
 
 // ---------------------------------------------------------------------------------------------
