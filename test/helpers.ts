@@ -1,5 +1,6 @@
 // Test fixtures: a fresh database per test file, a Redis key prefix of its own, the real app, and real
 // service processes. Nothing here assumes a clean server: everything made is named uniquely and dropped.
+import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { connect as netConnect } from 'node:net';
@@ -86,7 +87,8 @@ export { freePort, limitsNeverReached };
 
 export type Instance = { url: string; port: number; child: ChildProcess; output: () => string; stop: (signal?: NodeJS.Signals) => Promise<number | null> };
 
-// A real service process (node src/server.ts), ready once it answers /health or /sales.
+// A real service process (node src/server.ts), ready once /readyz answers 200 (PostgreSQL answers with
+// every migration applied). /readyz reads nothing a test checks, and no rate limit counts it.
 export async function startInstance(env: Record<string, string>, readyTimeoutMs = 30_000): Promise<Instance> {
   const port = await freePort();
   const child = spawn(process.execPath, [serverPath], {
@@ -101,7 +103,7 @@ export async function startInstance(env: Record<string, string>, readyTimeoutMs 
   const deadline = Date.now() + readyTimeoutMs;
   for (;;) {
     if (child.exitCode !== null) throw new Error(`instance exited early:\n${output}`);
-    const ready = await fetch(`${url}/sales`).then((response) => response.ok, () => false);
+    const ready = await fetch(`${url}/readyz`).then((response) => response.ok, () => false);
     if (ready) break;
     if (Date.now() > deadline) {
       child.kill('SIGKILL');
@@ -222,4 +224,150 @@ export async function cleanUp(steps: (() => Promise<unknown> | undefined)[]): Pr
     }
   }
   if (failures.length > 0) throw new AggregateError(failures, 'cleanup failed');
+}
+
+// ---------------------------------------------------------------------------------------------
+// The contract tests (test/contract-*.test.ts): one database and app per file, the current sale's
+// 10,000 items handed out one per test, and what a request could change, read back.
+
+export const LIMIT_MESSAGE_10 = 'User has reached the maximum of 10 items per sale';
+export const CODE_PATTERN = /^[A-Za-z0-9_-]{22}$/;
+
+// Set by useContractApp's before(); ES modules export live bindings, so importers see them.
+export let database: TestDatabase;
+export let testApp: TestApp;
+export let prefix = '';
+export let saleId = 0;
+export let itemIds: number[] = [];
+let nextItemIndex = 0;
+let userCounter = 0;
+
+export function useContractApp(): void {
+  prefix = uniquePrefix();
+  before(async () => {
+    database = await createDatabase();
+    // A snapshot of a millisecond: these tests read the listing right after changing it.
+    testApp = await startApp(database, prefix, { SALES_SNAPSHOT_MS: '1' });
+    saleId = await currentSaleId(database.sql);
+    itemIds = (await database.sql<{ id: number }[]>`select id from items where sale_id = ${saleId} order by id`).map((row) => row.id);
+    assert.equal(itemIds.length, 10_000);
+  });
+  after(async () => {
+    await testApp?.close();
+    await database?.drop();
+    await dropRedisPrefix(prefix);
+  });
+}
+
+export type Json = Record<string, unknown>;
+export type Issued = { code: string; user_id: string; item_id: number; sale_id: number; expires_at: string };
+export type Receipt = { message: string; code: string; item_id: number; sale_id: number; user_id: string; purchased_at: string };
+export type Reply = { status: number; body: Json; text: string; headers: Record<string, unknown> };
+
+// An item of the current sale that no other test has used (and so is unsold).
+export function freshItem(): number {
+  const id = itemIds[nextItemIndex++];
+  assert.ok(id !== undefined, 'ran out of items');
+  return id;
+}
+
+export function newUser(label = 'user'): string {
+  userCounter += 1;
+  return `${label}-${userCounter}`;
+}
+
+export async function send(method: 'GET' | 'POST', url: string, app: TestApp = testApp): Promise<Reply> {
+  const response = await app.app.inject({ method, url });
+  let body: Json = {};
+  if (String(response.headers['content-type'] ?? '').startsWith('application/json')) body = response.json() as Json;
+  return { status: response.statusCode, body, text: response.body, headers: response.headers };
+}
+
+export const show = (reply: Reply) => `${reply.status} ${reply.text.slice(0, 300)}`;
+
+// Every error: the status, JSON {"error", "message"} and nothing else, and no stack trace or SQL in it.
+export function assertError(reply: Reply, status: number, code: string): void {
+  assert.equal(reply.status, status, show(reply));
+  assert.match(String(reply.headers['content-type']), /^application\/json/, show(reply));
+  assert.deepEqual(Object.keys(reply.body).sort(), ['error', 'message'], show(reply));
+  assert.equal(reply.body.error, code, show(reply));
+  assert.equal(typeof reply.body.message, 'string');
+  assert.ok((reply.body.message as string).length > 0, 'the message is not empty');
+  assertNoLeak(reply.text);
+}
+
+export function assertNoLeak(text: string): void {
+  assert.doesNotMatch(text, /\n\s*at\s|\bat .+:\d+:\d+|\.ts:\d+|node_modules/, `no stack trace in ${text}`);
+  assert.doesNotMatch(text, /\b(select|insert into|delete from|update \w+ set)\b|syntax error|relation "|violates|postgres/i, `no SQL in ${text}`);
+}
+
+export async function checkout(userId: string, itemId: number, app: TestApp = testApp): Promise<Issued> {
+  const reply = await send('POST', `/checkout?user_id=${encodeURIComponent(userId)}&id=${itemId}`, app);
+  assert.equal(reply.status, 200, show(reply));
+  return reply.body as Issued;
+}
+
+export async function purchase(code: string, app: TestApp = testApp): Promise<Reply> {
+  return send('POST', `/purchase?code=${encodeURIComponent(code)}`, app);
+}
+
+export async function buy(userId: string, itemId: number, app: TestApp = testApp): Promise<Receipt> {
+  const issued = await checkout(userId, itemId, app);
+  const reply = await purchase(issued.code, app);
+  assert.equal(reply.status, 200, show(reply));
+  return reply.body as Receipt;
+}
+
+// Everything a request could change besides checkout_attempts, as comparable values.
+export async function snapshot(sql = database.sql) {
+  const [row] = await sql<
+    { sales: number; items: number; sold: number; itemsHash: string; buyers: number; bought: number; buyersHash: string }[]
+  >`
+    select (select count(*) from sales) as sales,
+           (select count(*) from items) as items,
+           (select count(*) from items where buyer_id is not null) as sold,
+           (select coalesce(md5(string_agg(id || '|' || buyer_id || '|' || purchase_code || '|' || sold_at, ',' order by id)), '')
+              from items where buyer_id is not null) as "itemsHash",
+           (select count(*) from sale_buyers) as buyers,
+           (select coalesce(sum(bought), 0) from sale_buyers) as bought,
+           (select coalesce(md5(string_agg(sale_id || '|' || user_id || '|' || bought, ',' order by sale_id, user_id)), '')
+              from sale_buyers) as "buyersHash"`;
+  return row!;
+}
+
+export async function attemptsCount(sql = database.sql) {
+  const [row] = await sql<{ count: number; maxId: number }[]>`
+    select count(*) as count, coalesce(max(id), 0) as "maxId" from checkout_attempts`;
+  return row!;
+}
+
+export type Attempt = {
+  id: number;
+  outcome: string;
+  userId: string | null;
+  itemId: number | null;
+  saleId: number | null;
+  code: string | null;
+  expiresAt: Date | null;
+  detail: string | null;
+};
+
+export async function attemptsAfter(maxId: number, sql = database.sql): Promise<Attempt[]> {
+  return sql<Attempt[]>`
+    select id, outcome, user_id as "userId", item_id as "itemId", sale_id as "saleId", code,
+           expires_at as "expiresAt", detail
+    from checkout_attempts where id > ${maxId} order by id`;
+}
+
+export async function itemRow(itemId: number) {
+  const [row] = await database.sql<{ buyerId: string | null; purchaseCode: string | null; soldAt: Date | null; saleId: number }[]>`
+    select buyer_id as "buyerId", purchase_code as "purchaseCode", sold_at as "soldAt", sale_id as "saleId"
+    from items where id = ${itemId}`;
+  return row;
+}
+
+export async function boughtBy(userId: string, sale = saleId): Promise<number | undefined> {
+  const [row] = await database.sql<{ bought: number }[]>`
+    select bought from sale_buyers where sale_id = ${sale} and user_id = ${userId}`;
+  return row?.bought;
 }

@@ -7,7 +7,7 @@ import postgres from 'postgres';
 import { ConfigError, loadConfig } from '../src/config.ts';
 import { connect } from '../src/db.ts';
 import { ensureDatabase, migrate } from '../src/migrate.ts';
-import { adminUrl, createDatabase, dropRedisPrefix, startInstance, testEnv, uniquePrefix } from './helpers.ts';
+import { adminUrl, cleanUp, createDatabase, dropRedisPrefix, startInstance, testEnv, uniquePrefix, type Instance } from './helpers.ts';
 
 test('the defaults describe the local PostgreSQL and Redis and an hourly 10,000-item sale', () => {
   const config = loadConfig({});
@@ -86,17 +86,33 @@ test('migration 0004 re-keys codes issued before it: they still buy, and replay,
   }
 });
 
-test('SIGTERM drains and the process exits 0; a running instance has opened the current sale', async () => {
+// server.ts opens the current sale itself before it listens; the next one, two seconds later, only the
+// scheduler can open: nothing is sent to the instance meanwhile.
+test('a running instance opens the current sale at start-up and the next one at its boundary, with no request; SIGTERM drains, exit 0', { timeout: 30_000 }, async () => {
   const database = await createDatabase();
   const prefix = uniquePrefix();
+  let instance: Instance | undefined;
   try {
-    const instance = await startInstance(testEnv(database, prefix, { LOG_LEVEL: 'info' }));
-    const [sale] = await database.sql`select size from sales`;
-    assert.equal(sale!.size, 10_000);
+    instance = await startInstance(testEnv(database, prefix, { LOG_LEVEL: 'info', SALE_INTERVAL: '2' }));
+    const sales = () =>
+      database.sql<{ epoch: number; size: number; early: boolean }[]>`
+        select extract(epoch from starts_at)::float8 as epoch, size, created_at < starts_at as early
+        from sales order by starts_at`;
+    const [opened] = await sales();
+    assert.equal(opened!.size, 10_000);
+    // Generous: the next boundary is at most 2 s away; this bounds a scheduler that never wakes.
+    const deadline = Date.now() + 10_000;
+    let all = await sales();
+    while (all.length < 2) {
+      assert.ok(Date.now() < deadline, `no sale after the one opened at start-up:\n${instance.output()}`);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      all = await sales();
+    }
+    assert.equal(all[1]!.epoch - all[0]!.epoch, 2, 'the next sale is the next boundary\'s');
+    assert.deepEqual(all.map((sale) => [sale.size, sale.early]), all.map(() => [10_000, false]));
     assert.equal(await instance.stop('SIGTERM'), 0);
     assert.match(instance.output(), /"msg":"stopped"/);
   } finally {
-    await database.drop();
-    await dropRedisPrefix(prefix);
+    await cleanUp([() => instance?.stop('SIGKILL'), () => database.drop(), () => dropRedisPrefix(prefix)]);
   }
 });
