@@ -147,7 +147,7 @@ async function main(): Promise<void> {
     const rss: Rss = {};
     const m = await measureMain(bench, start, rss);
     const [pg] = await db.sql<{ version: string }[]>`select split_part(version(), ' on ', 1) as version`;
-    const commit = execFileSync('git', ['log', '-1', '--format=%h %s'], { encoding: 'utf8' }).trim();
+    const commit = execFileSync('git', ['log', '-1', '--format=%h'], { encoding: 'utf8' }).trim();
     const when = `${new Date().toISOString().slice(0, 16)}Z`;
     await writeSection('main', `Run ${when} of ${commit}: ${availableParallelism()} cores shared by the service, PostgreSQL, Redis, the load generator and pgbench (and whatever else runs on the machine); Node ${process.version}, ${pg!.version}.
 ${concurrency} requests in flight (BENCH_CONCURRENCY: pgbench's clients, the load's connections per process), the service's pool ${pool} (DATABASE_POOL_MAX), ${durationS} s a step, rate limits ${process.env.BENCH_RATE_LIMIT === 'on' ? 'on but never reached' : 'off'}. Files: bench/results/${db.name}/; charts: bench/results/bench.html.

@@ -5,7 +5,7 @@
 // `node bench/ceilings.ts bare-load URL CONNECTIONS SECONDS` are the bare HTTP ceiling's two processes.
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:http';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Http, Recorder } from './client.ts';
 import { benchPath, parties, runMeasured, startServer, stopChild, type Bench, type Step } from './procs.ts';
@@ -25,9 +25,10 @@ select outcome, item_id, sale_id, user_id, purchased_at, per_user_limit from pur
 `;
 
 // pgbench -l: "client transaction time_us script epoch epoch_us [lag_us]" per line, a file per thread.
-async function logLatency(dir: string, prefix: string): Promise<Partial<Latency>> {
+async function logLatency(prefix: string): Promise<Partial<Latency>> {
+  const [dir, name] = [dirname(prefix), basename(prefix)];
   const ms: number[] = [];
-  for (const file of (await readdir(dir)).filter((name) => name.startsWith(`${prefix}.`))) {
+  for (const file of (await readdir(dir)).filter((candidate) => candidate.startsWith(`${name}.`))) {
     for (const fields of (await readFile(join(dir, file), 'utf8')).split('\n').map((line) => line.split(' '))) {
       if (fields.length >= 6) ms.push((Number(fields[2]) + Number(fields[6] ?? 0)) / 1000);
     }
@@ -39,20 +40,21 @@ async function logLatency(dir: string, prefix: string): Promise<Partial<Latency>
 
 // rate: -R (transactions per second on a schedule) with a per-transaction log for the percentiles.
 export async function pgbench(bench: Bench, label: string, script: string, defines: Record<string, number>, rate: number | null = null, clients = bench.concurrency): Promise<Step & { transactions: number }> {
-  const scriptFile = join(bench.dir, `${label}.sql`);
+  const file = join(bench.dir, label.replace(/[^\w]+/g, '-'));
+  const scriptFile = `${file}.sql`;
   await writeFile(scriptFile, script);
   const args = [
     '-n', '-M', 'prepared', '-c', String(clients), '-j', String(Math.min(2, clients)), '-T', String(bench.durationS),
-    ...(rate === null ? [] : ['-R', String(rate), '-l', `--log-prefix=${join(bench.dir, `${label}-log`)}`]),
+    ...(rate === null ? [] : ['-R', String(rate), '-l', `--log-prefix=${file}-log`]),
     ...Object.entries(defines).flatMap(([name, value]) => ['-D', `${name}=${value}`]),
     '-f', scriptFile, bench.db.url,
   ];
   console.log(`\n== ${label}: pgbench, ${clients} clients, ${bench.durationS} s${rate === null ? '' : `, ${rate} tps on a schedule`}`);
-  const run = await runMeasured(label, process.env.PGBENCH ?? 'pgbench', args, join(bench.dir, `${label}.log`), parties(bench, []), false);
+  const run = await runMeasured(label, process.env.PGBENCH ?? 'pgbench', args, `${file}.log`, parties(bench, []), false);
   const figure = (pattern: RegExp) => Number(pattern.exec(run.stdout)?.[1] ?? NaN);
   const tps = figure(/^tps = ([\d.]+) \(without initial connection time\)/m);
-  if (Number.isNaN(tps) || run.exitCode !== 0) throw new Error(`${label}: pgbench failed (exit ${run.exitCode}); see ${join(bench.dir, `${label}.log`)}`);
-  const latency = { mean: figure(/^latency average = ([\d.]+) ms/m), ...(rate === null ? {} : await logLatency(bench.dir, `${label}-log`)) };
+  if (Number.isNaN(tps) || run.exitCode !== 0) throw new Error(`${label}: pgbench failed (exit ${run.exitCode}); see ${file}.log`);
+  const latency = { mean: figure(/^latency average = ([\d.]+) ms/m), ...(rate === null ? {} : await logLatency(`${file}-log`)) };
   console.log(`   ${tps} tps, latency ${JSON.stringify(latency)}`);
   return { label, command: run.command, rps: tps, latency, cpu: run.cpu, ok: true, transactions: figure(/^number of transactions actually processed: (\d+)/m) };
 }
@@ -98,7 +100,7 @@ export async function bareHttp(bench: Bench): Promise<Step> {
 if (import.meta.main && process.argv[2] === 'bare-server') {
   const body = JSON.stringify({ code: 'hpU8nzVm3BUGylvgqHX7vw', user_id: 'lt1a2b3c4d-c1234', item_id: 123_456, sale_id: 42, expires_at: '2026-01-01T00:10:00.000Z' });
   const server = createServer((request, response) => {
-    request.resume().on('end', () => response.writeHead(200, { 'content-type': 'application/json; charset=utf-8' }).end(body));
+    request.resume().on('end', () => response.writeHead(200, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body) }).end(body));
   }).listen(Number(process.env.PORT), '127.0.0.1');
   process.on('SIGTERM', () => server.close(() => process.exit(0)).closeAllConnections());
 }
