@@ -118,7 +118,7 @@ runs.forEach((run, index) => {
     axes: [{ label: 'seconds' }, { label: 'req/s', size: 60 }],
     series: [{ label: 's' }, ...names.map((name) => ({ label: name, stroke: colors[name], width: 2 }))] }, [seconds, ...rates], document.getElementById('rate' + index));
   const x = ${JSON.stringify(tailSteps)};
-  new uPlot({ title: 'latency by percentile (ms)', width: width(), height: 260, scales: { x: { time: false } },
+  new uPlot({ title: 'latency by percentile (ms, log scale)', width: width(), height: 260, scales: { x: { time: false }, y: { distr: 3 } },
     axes: [{ label: 'percentile', values: (u, ticks) => ticks.map((t) => (100 * (1 - 10 ** -t)).toPrecision(Math.max(2, t + 1)) + '%') }, { label: 'ms', size: 60 }],
     series: [{ label: 'percentile', value: (u, t) => t == null ? '' : (100 * (1 - 10 ** -t)).toPrecision(Math.max(2, t + 1)) + '%' },
       ...run.endpoints.map((e) => ({ label: e.endpoint, stroke: colors[e.endpoint], width: 2 }))] },
