@@ -1,47 +1,26 @@
-// npm run bench -- aged: checkout, purchase and GET /sales on a database that has lived a month, beside a fresh
-// one in the same run, and the disk that month takes. A step of its own, not in CI. Two databases of its own,
-// each migrated by the service started on it; the aged one gets by SQL a month of hourly sales (most barely
-// sold, one in ten sold out, each purchase with its buyer's row and its issued code) and attempts keyed as the
-// service keys them. Report: stdout and bench/results/aged.md. All it made is dropped, on failure or Ctrl-C too.
-// Settings: AGED_SALES (720), AGED_ITEMS (10000 per sale), AGED_ATTEMPTS (15000000), AGED_DURATION (10 s per
+// npm run bench -- aged: checkout, purchase and GET /sales on a database that has lived a month, beside a
+// fresh one in the same run, and the disk that month takes. Each database is migrated by the service started
+// on it; the aged one gets by SQL a month of hourly sales (most barely sold, one in ten sold out, each
+// purchase with its buyer's row and its issued code) and attempts keyed as the service keys them.
+// Settings: AGED_SALES (720), AGED_ITEMS (10000 per sale), AGED_ATTEMPTS (15000000), AGED_DURATION (10 s a
 // load step), AGED_ROUNDS (2), AGED_LISTED (1000 sales for the last GET /sales step), AGED_AUDIT_S (120: the
-// audit is given up after that long); as for npm run bench: DATABASE_POOL_MAX (16), BENCH_CONCURRENCY (64),
-// BENCH_ADMIN_URL, REDIS_URL, BENCH_RATE_LIMIT (off).
-import { randomBytes } from 'node:crypto';
-import { mkdir, writeFile } from 'node:fs/promises';
+// audit is given up after that long); DATABASE_POOL_MAX (16), BENCH_CONCURRENCY (64).
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { fileURLToPath } from 'node:url';
 import { Pool } from 'undici';
 import { auditSales, violations } from '../src/audit.ts';
 import type { Sql } from '../src/db.ts';
 import { listSales } from '../src/store.ts';
-import { killAll, limitsNeverReached, startService, stopChild, type Server } from './procs.ts';
-import { createDatabase, dropRedisPrefix, localRedisPid, type BenchDatabase } from './setup.ts';
-import { loadStep, type Context } from './steps.ts';
+import { benchPath, load, localRedisPid, scratch, setting, startService, stopChild, type Bench, type Scratch, type Server, type Step } from './procs.ts';
+import { table, writeSection } from './report.ts';
 
-function knob(name: string, fallback: number): number {
-  const value = process.env[name] ? Number(process.env[name]) : fallback;
-  if (!Number.isSafeInteger(value) || value < 1) throw new Error(`${name} must be a whole number from 1`);
-  return value;
-}
-const { sales, items, attempts, durationS, rounds, listed, auditS, pool, concurrency } = {
-  sales: knob('AGED_SALES', 720), items: knob('AGED_ITEMS', 10_000), attempts: knob('AGED_ATTEMPTS', 15_000_000),
-  durationS: knob('AGED_DURATION', 10), rounds: knob('AGED_ROUNDS', 2), listed: knob('AGED_LISTED', 1000),
-  auditS: knob('AGED_AUDIT_S', 120), pool: knob('DATABASE_POOL_MAX', 16), concurrency: knob('BENCH_CONCURRENCY', 64),
-};
-const adminUrl = process.env.BENCH_ADMIN_URL || 'postgres://postgres@127.0.0.1:5432/postgres';
-const redisUrl = process.env.REDIS_URL || 'redis://127.0.0.1:6379';
-const id = randomBytes(4).toString('hex');
-const prefix = `flash-aged:${id}:`;
-const runDir = fileURLToPath(new URL(`results/aged-${id}/`, import.meta.url));
-const report: string[] = [];
 const seconds = (since: number) => Math.round((performance.now() - since) / 100) / 10;
 const n = (value: number) => Math.round(value).toLocaleString('en-US');
 const mb = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MB`;
 const percentiles = (ms: number[]) => {
   ms.sort((a, b) => a - b);
-  return [0.5, 0.99, 1].map((q) => (ms[Math.min(ms.length - 1, Math.ceil(q * ms.length) - 1)] ?? NaN).toFixed(1));
+  return [0.5, 0.99, 1].map((q) => Math.round((ms[Math.min(ms.length - 1, Math.ceil(q * ms.length) - 1)] ?? NaN) * 10) / 10);
 };
 
 // A code as newCode() makes one (src/shop.ts): the second of `at`, then 12 random bytes (a UUID less its
@@ -49,7 +28,7 @@ const percentiles = (ms: number[]) => {
 const codeAt = (at: string) => `translate(rtrim(encode(attempt_key_at(${at}) || overlay(uuid_send(gen_random_uuid()) placing ''::bytea from 7 for 4), 'base64'), '='), '+/', '-_')`;
 
 // The aged sales are the AGED_SALES hours before the boundary current when aging began.
-async function age(db: Sql): Promise<string> {
+async function age(db: Sql, sales: number, items: number, attempts: number): Promise<string> {
   const [{ boundary }] = (await db`select sale_boundary(now(), 3600)::text as boundary`) as unknown as [{ boundary: string }];
   const hoursAgo = (hours: number) => `'${boundary}'::timestamptz - interval '${hours} hours'`;
   const aged = `starts_at >= ${hoursAgo(sales)} and starts_at < ${hoursAgo(0)}`;
@@ -115,7 +94,7 @@ async function disk(db: Sql): Promise<Map<string, { rows: number; bytes: number 
 }
 
 // 16 pollers, a request at a time each, 5 s after 1 s unrecorded; and how many reads reached PostgreSQL.
-async function poll(server: Server): Promise<string> {
+async function poll(server: Server): Promise<(number | string)[]> {
   const reads = async () => Number(/^sales_listing_reads_total (\d+)/m.exec(await (await fetch(`${server.url}/metrics`)).text())?.[1]);
   const client = new Pool(server.url, { connections: 16 });
   const ms: number[] = [];
@@ -137,7 +116,7 @@ async function poll(server: Server): Promise<string> {
   await run(5, true);
   const read = (await reads()) - before;
   await client.close();
-  return `${n(ms.length / 5)} | ${n(read)} | ${percentiles(ms).join(' | ')} | ${errors}`;
+  return [Math.round(ms.length / 5), read, ...percentiles(ms), errors];
 }
 
 // The listing's query alone, as the service sends it, 500 in a row.
@@ -152,91 +131,21 @@ async function query(db: Sql): Promise<string> {
   return `p50 ${p50} ms, p99 ${p99} ms, max ${max} ms`;
 }
 
-const services: Server[] = [];
-const databases: BenchDatabase[] = [];
-let cleaning: Promise<void> | undefined;
-const cleanup = () => (cleaning ??= (async () => {
-  await Promise.all(services.map((service) => stopChild(service, 6_000)));
-  killAll('SIGKILL');
-  for (const db of databases) await db.drop().catch((error: Error) => console.error(`could not drop ${db.name}: ${error.message}`));
-  await dropRedisPrefix(redisUrl, prefix).catch((error: Error) => console.error(`could not delete Redis keys under ${prefix}: ${error.message}`));
-  console.error(`dropped ${databases.map((db) => db.name).join(' and ')} and the Redis keys under ${prefix}`);
-})());
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.on(signal, () => {
-    if (cleaning) process.exit(130);
-    console.error(`\n${signal}: stopping, then dropping everything (again to quit at once)`);
-    killAll('SIGTERM');
-    void cleanup().finally(() => process.exit(130));
-  });
-}
-
-async function main(): Promise<void> {
-  await mkdir(runDir, { recursive: true });
-  for (const name of ['fresh', 'aged']) databases.push(await createDatabase(adminUrl, `flash_${name}_${id}`));
-  const [fresh, aged] = databases as [BenchDatabase, BenchDatabase];
-  // The same settings for every service; a Redis prefix each, so that none reads another's GET /sales snapshot.
-  const start = async (db: BenchDatabase, name: string, extra: Record<string, string> = {}) => {
-    const env = { DATABASE_URL: db.url, REDIS_URL: redisUrl, REDIS_KEY_PREFIX: `${prefix}${name}:`, DATABASE_POOL_MAX: String(pool), LOG_LEVEL: 'warn', HOST: '127.0.0.1', SHUTDOWN_GRACE_MS: '5000' };
-    const limits = process.env.BENCH_RATE_LIMIT === 'on' ? limitsNeverReached : { RATE_LIMIT: 'off' };
-    const service = await startService({ ...env, ...limits, ...extra }, join(runDir, `service-${name}.log`));
-    services.push(service);
-    return service;
-  };
-  const redisPid = await localRedisPid(redisUrl);
-  const target = { fresh: { db: fresh, server: await start(fresh, 'fresh') }, aged: { db: aged, server: await start(aged, 'aged') } };
-  console.error(`databases ${fresh.name} and ${aged.name}, Redis prefix ${prefix}, logs in ${runDir}\naging ${aged.name}...`);
-  let started = performance.now();
-  const aging = await age(aged.sql);
-  report.push(`# An aged database beside a fresh one (${new Date().toISOString().slice(0, 16)}Z)`, '',
-    `Aged by SQL in ${seconds(started)} s: ${n(sales)} hourly sales of ${n(items)} items, ${n(attempts)} attempts (${aging}).`,
-    `Load: bench/load.ts, ${concurrency} connections, ${durationS} s a step, ${rounds} round${rounds === 1 ? '' : 's'}, fresh and aged taking turns to go first; one service process (pool ${pool}) per database.`);
-  console.error(report[2]);
-  const disks = { fresh: await disk(fresh.sql), aged: await disk(aged.sql) };
-
-  const step = (name: 'fresh' | 'aged', label: string, scenario: string, extra: string[]) => loadStep(
-    { runDir, databaseUrl: target[name].db.url, sql: target[name].db.sql, concurrency, pool, stampedeUsers: 256, durationS, redisPid } satisfies Context,
-    label, scenario, [target[name].server], extra);
-  for (const name of ['fresh', 'aged'] as const) {
-    await step(name, `warmup-${name}-checkout`, 'checkout-only', ['--duration', '3']);
-    await step(name, `warmup-${name}-purchase`, 'purchase-only', ['--duration', '3', '--items', '15000']);
-  }
-  report.push('', '| step | round | fresh req/s | aged req/s | aged/fresh | ms per checkout() or purchase(), fresh / aged |', '|---|---|---|---|---|---|');
-  const ratios = { checkout: [] as number[], purchase: [] as number[] };
-  for (let round = 1; round <= rounds; round += 1) {
-    for (const endpoint of ['checkout', 'purchase'] as const) {
-      const rps = { fresh: 0, aged: 0 };
-      const statementMs = { fresh: 0, aged: 0 };
-      const failed: string[] = [];
-      for (const name of round % 2 === 1 ? (['fresh', 'aged'] as const) : (['aged', 'fresh'] as const)) {
-        // Codes for 12,000 purchases a second: a run that uses them all up stops early, and its rate stands.
-        const codes = endpoint === 'purchase' ? ['--items', String(Math.max(20_000, 12_000 * durationS))] : [];
-        const summary = await step(name, `${endpoint}-${name}-${round}`, `${endpoint}-only`, ['--duration', String(durationS), ...codes]);
-        rps[name] = summary.endpoints[endpoint]?.rps ?? 0;
-        statementMs[name] = summary.functions[endpoint]?.meanMs ?? NaN;
-        if (!summary.ok) failed.push(`${name} FAILED: ${summary.failures.join('; ')}`);
-      }
-      ratios[endpoint].push(rps.aged / rps.fresh);
-      report.push(`| ${endpoint}-only | ${round} | ${n(rps.fresh)} | ${n(rps.aged)} | ${((100 * rps.aged) / rps.fresh).toFixed(1)}%${failed.map((line) => `; ${line}`).join('')} | ${statementMs.fresh} / ${statementMs.aged} |`);
-    }
-  }
-  const mean = (values: number[]) => ((100 * values.reduce((sum, value) => sum + value, 0)) / values.length).toFixed(1);
-  report.push('', `Aged/fresh over the rounds: checkout ${mean(ratios.checkout)}%, purchase ${mean(ratios.purchase)}% (goal: at least 90%).`);
-
-  report.push('', '## GET /sales, 16 pollers, 5 s each (goal: p99 under 20 ms)', '', '| database | sales (open) | snapshot | req/s | PostgreSQL reads | p50 ms | p99 ms | max ms | errors |', '|---|---|---|---|---|---|---|---|---|');
-  const listing = async (name: string, db: BenchDatabase, server: Server, snapshot: string) => {
+// GET /sales polled on the fresh database, the aged one, and the aged one with more sales, with the shared
+// snapshot and without it (`unshared`: SALES_SNAPSHOT_MS=1, so requests wait on PostgreSQL and Redis).
+async function listing(old: { db: Scratch; server: Server }, fresh: { db: Scratch; server: Server }, unshared: Server, sales: number, items: number, listed: number): Promise<string[]> {
+  const rows: (string | number)[][] = [];
+  const poller = async (name: string, db: Scratch, server: Server, snapshot: string) => {
     const [row] = await db.sql<{ all: number; open: number }[]>`select count(*) as all, count(*) filter (where sold < size) as open from sales`;
-    report.push(`| ${name} | ${n(row!.all)} (${n(row!.open)}) | ${snapshot} | ${await poll(server)} |`);
-    console.error(report.at(-1));
+    rows.push([name, `${n(row!.all)} (${n(row!.open)})`, snapshot, ...(await poll(server))]);
+    console.error(rows.at(-1)!.join(' '));
   };
-  // SALES_SNAPSHOT_MS=1: each read of the listing is good for 1 ms, so requests wait on PostgreSQL (and Redis).
-  const bare = await start(aged, 'aged-unshared', { SALES_SNAPSHOT_MS: '1' });
-  await listing('fresh', fresh, target.fresh.server, 'shared, 1000 ms');
-  await listing('aged', aged, target.aged.server, 'shared, 1000 ms');
-  await listing('aged', aged, bare, 'off (1 ms)');
-  const alone = [await query(aged.sql)];
-  started = performance.now();
-  const [added] = await aged.sql<{ count: number }[]>`
+  await poller('fresh', fresh.db, fresh.server, 'shared, 1000 ms');
+  await poller('aged', old.db, old.server, 'shared, 1000 ms');
+  await poller('aged', old.db, unshared, 'off (1 ms)');
+  const alone = [await query(old.db.sql)];
+  const started = performance.now();
+  const [added] = await old.db.sql<{ count: number }[]>`
     with added as (
       insert into sales (starts_at, size, per_user_limit, created_at)
       select at, ${items}::int, 10, at from generate_series(1, greatest(0, ${listed}::int - (select count(*) from sales)::int)) h,
@@ -247,39 +156,82 @@ async function main(): Promise<void> {
     )
     select count(*) as count from added`;
   console.error(`${added!.count} more sales, older than the month, with their items: ${seconds(started)} s`);
-  await listing('aged, more sales', aged, target.aged.server, 'shared, 1000 ms');
-  await listing('aged, more sales', aged, bare, 'off (1 ms)');
-  alone.push(await query(aged.sql));
-  await stopChild(bare);
-  report.push('', `The listing's query alone on the aged database, 500 in a row: ${alone.join(' before the more sales; ')} after.`);
+  await poller('aged, more sales', old.db, old.server, 'shared, 1000 ms');
+  await poller('aged, more sales', old.db, unshared, 'off (1 ms)');
+  alone.push(await query(old.db.sql));
+  return ['GET /sales, 16 pollers, 5 s each (goal: p99 under 20 ms):', '',
+    table(['database', 'sales (open)', 'snapshot', 'req/s', 'PostgreSQL reads', 'p50 ms', 'p99 ms', 'max ms', 'errors'], rows),
+    '', `The listing's query alone on the aged database, 500 in a row: ${alone.join(' before the more sales; ')} after.`];
+}
 
-  report.push('', '## Disk (after aging, before the load)', '', '| relation | aged rows | aged | fresh | bytes per row, aged |', '|---|---|---|---|---|');
-  for (const [name, row] of disks.aged) {
-    report.push(`| ${name} | ${row.rows === null ? '' : n(row.rows)} | ${mb(row.bytes)} | ${mb(disks.fresh.get(name)!.bytes)} | ${row.rows ? n(row.bytes / row.rows) : ''} |`);
+export async function aged(): Promise<void> {
+  const [sales, items, attempts] = [setting('AGED_SALES', 720), setting('AGED_ITEMS', 10_000), setting('AGED_ATTEMPTS', 15_000_000)];
+  const [durationS, rounds, listed, auditS] = [setting('AGED_DURATION', 10), setting('AGED_ROUNDS', 2), setting('AGED_LISTED', 1000), setting('AGED_AUDIT_S', 120)];
+  const [pool, concurrency] = [setting('DATABASE_POOL_MAX', 16), setting('BENCH_CONCURRENCY', 64)];
+  const dbs: Scratch[] = [];
+  const services: Server[] = [];
+  try {
+    for (const name of ['fresh', 'aged']) dbs.push(await scratch(name));
+    const dir = benchPath(`results/${dbs[1]!.name}`);
+    await mkdir(dir, { recursive: true });
+    // the same settings for every service; a Redis prefix each, so that none reads another's GET /sales snapshot
+    const start = async (db: Scratch, name: string, extra: Record<string, string> = {}) => {
+      services.push(await startService(db, join(dir, `service-${name}.log`), { DATABASE_POOL_MAX: String(pool), ...extra }));
+      return services.at(-1)!;
+    };
+    const redisPid = await localRedisPid();
+    const [fresh, old] = [{ db: dbs[0]!, server: await start(dbs[0]!, 'fresh') }, { db: dbs[1]!, server: await start(dbs[1]!, 'aged') }];
+    console.error(`aging ${old.db.name}...`);
+    let started = performance.now();
+    const aging = await age(old.db.sql, sales, items, attempts);
+    const lines = [`Run ${new Date().toISOString().slice(0, 16)}Z. Aged by SQL in ${seconds(started)} s: ${n(sales)} hourly sales of ${n(items)} items, ${n(attempts)} attempts (${aging}).`,
+      `Load: bench/load.ts, ${concurrency} connections, ${durationS} s a step, ${rounds} round(s), fresh and aged taking turns to go first; one service process (pool ${pool}) per database.`];
+    console.error(lines[0]);
+    const disks = { fresh: await disk(fresh.db.sql), aged: await disk(old.db.sql) };
+    const bench = (target: typeof fresh): Bench => ({ dir, db: target.db, concurrency, pool, durationS, redisPid });
+    for (const target of [fresh, old]) {
+      await load(bench(target), `warm-up ${target.db.name} checkout`, 'checkout-only', [target.server], ['--duration', '3']);
+      await load(bench(target), `warm-up ${target.db.name} purchase`, 'purchase-only', [target.server], ['--duration', '3', '--items', '15000']);
+    }
+    const rows: (string | number | null)[][] = [];
+    const ratios = { checkout: [] as number[], purchase: [] as number[] };
+    const postgresMs = (step: Step) => (step.cpu && step.rps ? Math.round((step.cpu.cores.postgres! * 1e6) / step.rps) / 1000 : null);
+    for (let round = 1; round <= rounds; round += 1) {
+      for (const endpoint of ['checkout', 'purchase'] as const) {
+        const steps: Record<string, Step> = {};
+        for (const target of round % 2 === 1 ? [fresh, old] : [old, fresh]) {
+          // codes for 12,000 purchases a second: a run that uses them all up stops early, and its rate stands
+          const codes = endpoint === 'purchase' ? ['--items', String(Math.max(20_000, 12_000 * durationS))] : [];
+          steps[target === fresh ? 'fresh' : 'aged'] = await load(bench(target), `${endpoint} ${target.db.name} ${round}`, `${endpoint}-only`, [target.server], ['--duration', String(durationS), ...codes]);
+        }
+        const [f, a] = [steps.fresh!, steps.aged!];
+        ratios[endpoint].push(a.rps! / f.rps!);
+        rows.push([`${endpoint}-only`, round, f.rps, a.rps, `${((100 * a.rps!) / f.rps!).toFixed(1)}%${[f, a].filter((s) => !s.ok).map((s) => `; ${s.label} FAILED`).join('')}`, `${postgresMs(f)} / ${postgresMs(a)}`]);
+      }
+    }
+    const mean = (values: number[]) => ((100 * values.reduce((sum, value) => sum + value, 0)) / values.length).toFixed(1);
+    lines.push('', table(['step', 'round', 'fresh req/s', 'aged req/s', 'aged/fresh', 'PostgreSQL CPU ms per request, fresh / aged'], rows),
+      '', `Aged/fresh over the rounds: checkout ${mean(ratios.checkout)}%, purchase ${mean(ratios.purchase)}% (goal: at least 90%).`);
+
+    lines.push('', ...(await listing(old, fresh, await start(old.db, 'aged-unshared', { SALES_SNAPSHOT_MS: '1', REDIS_KEY_PREFIX: `${old.db.prefix}unshared:` }), sales, items, listed)));
+
+    const growth = (name: string) => disks.aged.get(name)!.bytes - disks.fresh.get(name)!.bytes;
+    const month = growth('checkout_attempts') * (15_000_000 / attempts) + (growth('items') + growth('sale_buyers') + growth('sales')) * (7_200_000 / (sales * items));
+    lines.push('', 'Disk, after aging and before the load:', '',
+      table(['relation', 'aged rows', 'aged', 'fresh', 'bytes per row, aged'], [...disks.aged].map(([name, row]) => [name, row.rows, mb(row.bytes), mb(disks.fresh.get(name)!.bytes), row.rows ? Math.round(row.bytes / row.rows) : ''])),
+      '', `A month: ${mb(growth('database'))} here (the aged database less the fresh one); scaled to 720 sales of 10,000 items and 15 million attempts, ${(month / 2 ** 30).toFixed(2)} GB.`);
+
+    started = performance.now();
+    const audit = await old.db.sql.begin(async (tx) => {
+      await tx.unsafe(`set local statement_timeout = '${auditS}s'`);
+      return auditSales(tx as unknown as Sql);
+    }).catch((error: { code?: string }) => (error.code === '57014' ? null : Promise.reject(error)));
+    const broken = (audit ?? []).flatMap((sale) => violations(sale).map((problem) => `sale ${sale.saleId}: ${problem}`));
+    lines.push('', audit === null ? `Audit of the aged database: given up after ${auditS} s (AGED_AUDIT_S).`
+      : `Audit of the aged database (${n(audit.length)} sales, ${seconds(started)} s): ${broken.length === 0 ? 'clean' : `${broken.length} violations: ${broken.slice(0, 10).join('; ')}`}.`);
+    await writeSection('aged', lines.join('\n'));
+  } finally {
+    await Promise.all(services.map((service) => stopChild(service, 6_000)));
+    for (const db of dbs) await db.drop().catch((error: Error) => console.error(`could not drop ${db.name}: ${error.message}`));
   }
-  const growth = (name: string) => disks.aged.get(name)!.bytes - disks.fresh.get(name)!.bytes;
-  const month = growth('checkout_attempts') * (15_000_000 / attempts) + (growth('items') + growth('sale_buyers') + growth('sales')) * (7_200_000 / (sales * items));
-  report.push('', `A month: ${mb(growth('database'))} here (the aged database less the fresh one); scaled to 720 sales of 10,000 items and 15 million attempts, ${(month / 2 ** 30).toFixed(2)} GB.`);
-
-  started = performance.now();
-  const audit = await aged.sql.begin(async (tx) => {
-    await tx.unsafe(`set local statement_timeout = '${auditS}s'`);
-    return auditSales(tx as unknown as Sql);
-  }).catch((error: { code?: string }) => (error.code === '57014' ? null : Promise.reject(error)));
-  const broken = (audit ?? []).flatMap((sale) => violations(sale).map((problem) => `sale ${sale.saleId}: ${problem}`));
-  report.push('', audit === null ? `Audit of the aged database: skipped, not done within ${auditS} s (AGED_AUDIT_S).`
-    : `Audit of the aged database (${n(audit.length)} sales, ${seconds(started)} s): ${broken.length === 0 ? 'clean' : `${broken.length} violations: ${broken.slice(0, 10).join('; ')}`}.`);
 }
-
-const code = await main().then(() => 0, (error: Error) => {
-  console.error(`bench aged: ${error.stack ?? error}`);
-  report.push('', `**Stopped early**: ${error.message}`);
-  return 1;
-});
-if (report.length > 2) {
-  console.log(`\n${report.join('\n')}`);
-  await writeFile(fileURLToPath(new URL('results/aged.md', import.meta.url)), `${report.join('\n')}\n`);
-  console.error('written: bench/results/aged.md');
-}
-await cleanup();
-process.exitCode = code;

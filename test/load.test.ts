@@ -75,6 +75,10 @@ test('a small stampede sells its sale out, and every answer is counted by endpoi
   assert.equal(rows!.sold, count('checkout', '409 item_sold'));
   const total = report.endpoints.reduce((sum, e) => sum + e.requests, 0);
   assert.equal(total, report.totals.requests);
+  // The HTML report carries its chart library, so that it opens offline.
+  const html = await readFile(join(out, 'stampede.html'), 'utf8');
+  assert.match(html, /uPlot/);
+  assert.doesNotMatch(html, /<script src=|<link [^>]*href="http/);
 });
 
 test('without the service\'s database, the load generator says it needs --database-url', async () => {
