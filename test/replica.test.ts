@@ -56,13 +56,13 @@ test('browsing reads the replica, checkout and purchase decide on the primary', 
   const onPrimary = connect(primary!.url('flash'), { max: 1 });
   const onStandby = connect(standby!.url('flash'), { max: 1 });
   try {
-    const [recovery] = await onStandby<{ standby: boolean }[]>`select pg_is_in_recovery() as standby`;
-    assert.equal(recovery!.standby, true, 'the read server is a standby');
-
-    // The sale opened on the primary reaches the standby, and browsing lists it.
+    // The sale opened on the primary reaches the standby (the database itself too: the instance was ready
+    // once the primary had it), and browsing lists it.
     const [sale] = await onPrimary<{ id: number }[]>`select id from sales order by starts_at desc limit 1`;
     const saleId = sale!.id;
     const listing = await eventually('/sales', (body) => (body.sales as { id: number }[]).some((entry) => entry.id === saleId));
+    const [recovery] = await onStandby<{ standby: boolean }[]>`select pg_is_in_recovery() as standby`;
+    assert.equal(recovery!.standby, true, 'the read server is a standby');
     assert.equal((listing.sales as { items: number }[])[0]!.items, 20);
     const page = await call('GET', `/sales/${saleId}/items?available=true&limit=3`);
     const [first, second] = (page.body.items as { id: number }[]).map((item) => item.id);
