@@ -41,13 +41,16 @@ export function latestMigration(): string {
   return migrationFiles().at(-1)!;
 }
 
-// How the database's schema stands against this code: migrations it lacks, and ones this code does not know
-// (a newer version applied them).
+// How applied migrations stand against known ones: those missing, and those unknown (a newer version's).
+function difference(applied: string[], known: string[]): { missing: string[]; unknown: string[] } {
+  return { missing: known.filter((file) => !applied.includes(file)), unknown: applied.filter((file) => !known.includes(file)).sort() };
+}
+
+// How the database's schema stands against this code.
 export async function schemaDifference(sql: Sql): Promise<{ missing: string[]; unknown: string[] }> {
   const [table] = await sql<{ exists: boolean }[]>`select to_regclass('schema_migrations') is not null as exists`;
   const applied = table!.exists ? (await sql<{ version: string }[]>`select version from schema_migrations`).map((row) => row.version) : [];
-  const known = migrationFiles();
-  return { missing: known.filter((file) => !applied.includes(file)), unknown: applied.filter((file) => !known.includes(file)).sort() };
+  return difference(applied, migrationFiles());
 }
 
 export type MigrateOptions = {
@@ -92,8 +95,8 @@ export async function migrate(sql: Sql, options: MigrateOptions = {}): Promise<s
     }
     // The file defines the functions of exactly this code's migrations: not of a schema stopped short of
     // them (`through`), nor of a newer release's, whose functions an older release must never overwrite.
-    const exactlyThisSchema = done.size === known.length && known.every((name) => done.has(name));
-    if (exactlyThisSchema) {
+    const { missing, unknown } = difference([...done], known);
+    if (missing.length === 0 && unknown.length === 0) {
       const checksum = createHash('sha256').update(readFileSync(functionsFile)).digest('hex');
       await connection`
         create table if not exists schema_functions (
