@@ -12,16 +12,14 @@ import { Pool } from 'undici';
 import { auditSales, violations } from '../src/audit.ts';
 import type { Sql } from '../src/db.ts';
 import { listSales } from '../src/store.ts';
+import { percentile } from './client.ts';
 import { benchPath, load, localRedisPid, scratch, setting, startService, stopChild, type Bench, type Scratch, type Server, type Step } from './procs.ts';
 import { table, writeSection } from './report.ts';
 
 const seconds = (since: number) => Math.round((performance.now() - since) / 100) / 10;
 const n = (value: number) => Math.round(value).toLocaleString('en-US');
 const mb = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MB`;
-const percentiles = (ms: number[]) => {
-  ms.sort((a, b) => a - b);
-  return [0.5, 0.99, 1].map((q) => Math.round((ms[Math.min(ms.length - 1, Math.ceil(q * ms.length) - 1)] ?? NaN) * 10) / 10);
-};
+const percentiles = (ms: number[]) => [0.5, 0.99, 1].map((q) => Math.round(percentile(ms, q) * 10) / 10);
 
 // A code as newCode() makes one (src/shop.ts): the second of `at`, then 12 random bytes (a UUID less its
 // bytes 7-10, which hold its version and variant bits), in base64url.

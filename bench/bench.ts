@@ -14,6 +14,7 @@ import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { aged } from './aged.ts';
+import { percentile } from './client.ts';
 import { bareHttp, pgbenchCheckout, pgbenchPurchase } from './ceilings.ts';
 import { benchPath, freePort, killAll, load, localRedisPid, rssMb, scratch, setting, startService, stopChild, type Bench, type Load, type Server, type Step } from './procs.ts';
 import { htmlPage, table, writeSection } from './report.ts';
@@ -200,8 +201,7 @@ async function viewers(): Promise<void> {
         }
       }));
       const readsPerS = (await Promise.all(servers.map(reads))).reduce((sum, value, i) => sum + value - readsBefore[i]!, 0) / seconds;
-      ms.sort((x, y) => x - y);
-      const at = (q: number) => Math.round(ms[Math.min(ms.length - 1, Math.floor(q * ms.length))]! * 10) / 10;
+      const at = (q: number) => Math.round(percentile(ms, q) * 10) / 10;
       rows.push([redis, ms.length, failed, Math.round(readsPerS * 100) / 100, Math.round(((await transactions()) - xactBefore) / seconds * 10) / 10, at(0.5), at(0.99), at(1)]);
       console.log(rows.at(-1)!.join(' '));
       await Promise.all(servers.splice(0).map((server) => stopChild(server, 6000)));

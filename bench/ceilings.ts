@@ -7,7 +7,7 @@ import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import { basename, dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { Http, Recorder } from './client.ts';
+import { Http, percentile, Recorder } from './client.ts';
 import { benchPath, parties, runMeasured, startServer, stopChild, type Bench, type Step } from './procs.ts';
 import type { Latency } from './report.ts';
 import { createFreshSale } from './scenarios.ts';
@@ -33,8 +33,7 @@ async function logLatency(prefix: string): Promise<Partial<Latency>> {
       if (fields.length >= 6) ms.push((Number(fields[2]) + Number(fields[6] ?? 0)) / 1000);
     }
   }
-  ms.sort((a, b) => a - b);
-  const at = (q: number) => Math.round(ms[Math.min(ms.length - 1, Math.floor(ms.length * q))]! * 1000) / 1000;
+  const at = (q: number) => Math.round(percentile(ms, q) * 1000) / 1000;
   return ms.length === 0 ? {} : { p50: at(0.5), p99: at(0.99), p999: at(0.999), max: at(1) };
 }
 

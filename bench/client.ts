@@ -28,6 +28,12 @@ export function classify(endpoint: Endpoint, status: number, outcome: string, sh
   return status < 300 ? 'ok' : 'refused';
 }
 
+// The nearest-rank percentile (q from 0 to 1) of measured values in any order: NaN when there are none.
+export function percentile(values: number[], q: number): number {
+  const sorted = values.toSorted((a, b) => a - b);
+  return sorted.length === 0 ? NaN : sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]!;
+}
+
 // Short buckets, so that a run of a few seconds still draws a line.
 export const bucketMs = 100;
 export type Bucket = Record<Endpoint | 'errors', number>;

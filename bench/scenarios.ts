@@ -6,7 +6,7 @@ import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Sql } from '../src/db.ts';
 import { newCode } from '../src/shop.ts';
-import type { Http, Recorder } from './client.ts';
+import { percentile, type Http, type Recorder } from './client.ts';
 
 export const scenarioNames = ['flow', 'stampede', 'checkout-only', 'purchase-only', 'overload'] as const;
 export type ScenarioName = (typeof scenarioNames)[number];
@@ -321,10 +321,6 @@ async function purchaseOnly(run: Run): Promise<ScenarioResult> {
   return { facts: { sale: `${sale.id} (fresh, ${sale.size} items)`, 'codes pre-issued in SQL': codes.length, 'codes used': used, 'paced at (req/s)': options.rate } };
 }
 
-const percentile = (values: number[], q: number) => {
-  const sorted = values.toSorted((a, b) => a - b);
-  return sorted.length === 0 ? NaN : sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)]!;
-};
 const round = (value: number) => Math.round(value * 10) / 10;
 
 // Checkouts as fast as answered (the closed-loop peak), a calm spell at a tenth of it (the normal p99),
